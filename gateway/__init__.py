@@ -1,0 +1,1 @@
+"""The HTTP door: send API, Meta's webhooks, health and dead-letter admin (its own issue)."""

@@ -1,0 +1,84 @@
+"""waq's exceptions.
+
+Every error carries a machine-readable ``code`` so that callers (and the gateway, which
+renders them as ``{"error": code, "detail": ..., "field": ...}``) never parse messages.
+
+    WaqError                         code: str
+    ├── InvalidRequest               a send request broke a contract rule (lists every field)
+    └── (worker.errors)              delivery errors live beside the code that raises them:
+        ├── GraphError               Meta answered with an error body
+        └── GraphTransportError      no answer: timeout, dropped connection, refused
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pydantic
+
+__all__ = ["FieldError", "InvalidRequest", "WaqError"]
+
+
+class WaqError(Exception):
+    """The root of every error waq raises on purpose."""
+
+    code: str = "waq_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def detail(self) -> str:
+        """The human-readable message, without the code."""
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One broken rule: which field (dotted path), which rule (a code), and why."""
+
+    field: str
+    rule: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The JSON form used in HTTP answers and CLI output."""
+        return {"field": self.field, "rule": self.rule, "message": self.message}
+
+
+class InvalidRequest(WaqError):
+    """A send request or message broke one or more contract rules; nothing was enqueued."""
+
+    code = "invalid_request"
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        summary = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        super().__init__(f"invalid request: {summary}")
+
+    @property
+    def field(self) -> str | None:
+        """The first offending field, for renderers that show only one."""
+        return self.errors[0].field if self.errors else None
+
+    @classmethod
+    def from_validation_error(
+        cls, exc: pydantic.ValidationError, *, prefix: str = ""
+    ) -> InvalidRequest:
+        """Name each field by its dotted path (``message.text.body``) and its rule."""
+        errors = []
+        for err in exc.errors(include_url=False):
+            path = ".".join(str(part) for part in err["loc"] if not _is_union_tag(part))
+            field = ".".join(p for p in (prefix, path) if p)
+            errors.append(FieldError(field=field or "(root)", rule=err["type"], message=err["msg"]))
+        return cls(errors)
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # Discriminated unions put their tag ("type=text") and function validators their
+    # name into the location; neither is a field a caller can fix.
+    return isinstance(part, str) and ("=" in part or part.startswith("function-"))

@@ -1,0 +1,60 @@
+"""A send request: one message, who sends it, who gets it, and the caller's bookkeeping."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+from producer import limits
+from producer._model import ContractModel
+from producer.messages import Message
+from producer.recipient import normalize_recipient, wa_id_of
+
+__all__ = ["SendRequest"]
+
+
+class SendRequest(ContractModel):
+    """What a producer enqueues; the worker turns it into exactly one Graph API call."""
+
+    phone_number_id: str = Field(
+        pattern=r"^\d{1,32}$", description="The sending business number's Graph id."
+    )
+    to: Annotated[str, AfterValidator(normalize_recipient)] = Field(
+        description="The recipient, normalised to E.164."
+    )
+    message: Message
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Repeat a request with the same key and it is enqueued only once.",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="The caller's own tags, kept with the status and any dead letter.",
+    )
+
+    @property
+    def wa_id(self) -> str:
+        """The recipient as Meta's ``wa_id``, the key of the customer's service window."""
+        return wa_id_of(self.to)
+
+    def graph_body(self, *, callback_data: str | None = None) -> dict[str, Any]:
+        """The JSON body of ``POST /{version}/{phone_number_id}/messages``.
+
+        ``callback_data`` becomes ``biz_opaque_callback_data``, which Meta echoes in every
+        status webhook for this message.
+        """
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": self.to,
+            **self.message.graph_fields(),
+        }
+        if callback_data is not None:
+            if len(callback_data) > limits.CALLBACK_DATA_MAX_CHARS:
+                raise ValueError("biz_opaque_callback_data is limited to 512 characters")
+            body["biz_opaque_callback_data"] = callback_data
+        return body

@@ -1,0 +1,44 @@
+"""Real servers, started once per session: the sandbox, a webhook sink, and (soon) Valkey."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from sandbox import SandboxClient, SandboxConfig, SandboxServer
+from tests.support import WebhookSinkServer
+
+ACCESS_TOKEN = "test-token"
+APP_SECRET = "test-app-secret"
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    """The fake Meta over real HTTP, shared by the session and reset before each test."""
+    config = SandboxConfig(access_token=ACCESS_TOKEN, app_secret=APP_SECRET, status_delay_s=0.0)
+    with SandboxServer(config) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def webhook_sink_server() -> Iterator[WebhookSinkServer]:
+    """A receiver for the sandbox's webhooks."""
+    with WebhookSinkServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def sandbox(sandbox_server: SandboxServer) -> AsyncIterator[SandboxClient]:
+    """A control client for a freshly reset sandbox with no webhook URL."""
+    async with SandboxClient(sandbox_server.url) as client:
+        await client.reset()
+        await client.set_webhook_url(None)
+        yield client
+
+
+@pytest.fixture
+def webhook_sink(webhook_sink_server: WebhookSinkServer) -> WebhookSinkServer:
+    """The webhook receiver, emptied."""
+    webhook_sink_server.sink.received.clear()
+    return webhook_sink_server

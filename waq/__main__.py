@@ -1,0 +1,3 @@
+from waq.cli import main
+
+main()

@@ -1,0 +1,91 @@
+"""waq's one settings class, read from ``WAQ_*`` environment variables in entrypoints only.
+
+Everything below the entrypoints receives plain values through constructors or arq's ``ctx``.
+docs/configuration.md documents every variable; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, RedisDsn, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Configuration for every waq process (worker, gateway, sandbox, CLI)."""
+
+    model_config = SettingsConfigDict(env_prefix="WAQ_", extra="ignore", frozen=True)
+
+    redis_url: RedisDsn = Field(
+        default=RedisDsn("redis://localhost:6379/0"),
+        description="Redis (or Valkey) shared by producers, workers and the gateway.",
+    )
+    graph_base_url: str = Field(
+        default="https://graph.facebook.com",
+        description="Graph API host: Meta's, a proxy's, or the sandbox's URL.",
+    )
+    graph_api_version: str = Field(
+        default="v24.0", pattern=r"^v\d+\.\d+$", description="Pinned Graph API version."
+    )
+    access_token: SecretStr | None = Field(
+        default=None, description="Graph API bearer token (system-user token). Workers only."
+    )
+    app_secret: SecretStr | None = Field(
+        default=None, description="Meta app secret: checks webhook X-Hub-Signature-256."
+    )
+    verify_token: SecretStr | None = Field(
+        default=None, description="Token Meta echoes in the webhook verification handshake."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated keys accepted in X-API-Key for sends."
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated keys for the admin API and console."
+    )
+    default_phone_number_id: str | None = Field(
+        default=None, description="Sender used when a request names none."
+    )
+    graph_timeout_s: float = Field(
+        default=20.0, gt=0, description="Seconds to wait for Meta's answer to one request."
+    )
+    max_attempts: int = Field(
+        default=6, ge=1, le=50, description="Calls to Meta per message before it is dead-lettered."
+    )
+    backoff_base_s: float = Field(
+        default=1.0, gt=0, description="First retry's backoff ceiling; doubles per attempt."
+    )
+    backoff_cap_s: float = Field(
+        default=300.0, gt=0, description="Largest backoff between retries."
+    )
+    window_margin_s: float = Field(
+        default=60.0, ge=0, description="Treat a service window as closed this long before 24 h."
+    )
+    status_retention_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long message status records are kept."
+    )
+    pause_check_s: float = Field(
+        default=30.0, gt=0, description="How often jobs of a paused number look again."
+    )
+    health_probe_s: int = Field(
+        default=60, ge=5, description="How often workers probe paused numbers' health."
+    )
+    worker_concurrency: int = Field(
+        default=50, ge=1, description="Sends one worker process runs at once (arq max_jobs)."
+    )
+    queue_name: str = Field(default="waq:queue", description="The arq queue of send jobs.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON otherwise."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged."
+    )
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
