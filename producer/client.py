@@ -1,0 +1,192 @@
+"""The ``Producer``: validate a send request, enqueue it once, report what became of it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Self
+
+from arq.jobs import serialize_job
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from producer import keys
+from producer.errors import FieldError, InvalidRequest
+from producer.request import SendRequest
+from producer.status import MessageState, MessageStatus
+from producer.status_store import StatusStore
+
+__all__ = ["SEND_FUNCTION", "Enqueued", "Producer", "message_id_for"]
+
+SEND_FUNCTION: Final = "send_message"
+"""The worker function's name: jobs are enqueued by name, so producers need no worker code."""
+
+# Creates the status record and the arq job together, or nothing when the message id
+# already has a record (an idempotent repeat). A script rather than arq's enqueue_job
+# because arq's WATCH/MULTI takes three round trips and cannot write our record atomically;
+# the job it writes is arq's own format (serialize_job), so arq's worker runs it unchanged.
+_ENQUEUE: Final = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then return state end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('RPUSH', KEYS[2], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[6])
+return false
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """The answer to an enqueue: the message id, and whether this call created it."""
+
+    message_id: str
+    created: bool
+    state: MessageState
+
+
+def message_id_for(phone_number_id: str, idempotency_key: str | None) -> str:
+    """Derive the id from the idempotency key, so a repeat maps to the first message."""
+    if idempotency_key is None:
+        return "m_" + uuid.uuid4().hex
+    digest = hashlib.sha256(f"{phone_number_id}\x00{idempotency_key}".encode()).hexdigest()
+    return "m_" + digest[:32]
+
+
+def job_payload(message_id: str, request: SendRequest) -> bytes:
+    """arq's job record for one send, JSON-encoded."""
+    return serialize_job(
+        SEND_FUNCTION,
+        (),
+        {"message_id": message_id, "request": request.model_dump(mode="json", exclude_none=True)},
+        None,
+        int(time.time() * 1000),
+        serializer=json_serializer,
+    )
+
+
+def json_serializer(data: dict[str, Any]) -> bytes:
+    """arq's job and result serializer: JSON, readable by any service and by operators."""
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
+
+
+class Producer:
+    """Validates and enqueues send requests; answers status lookups.
+
+    Use ``Producer.connect(url)`` or pass a ``redis.asyncio.Redis`` you own.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue_name: str = keys.DEFAULT_QUEUE,
+        retention_s: int = 7 * 24 * 3600,
+        owns_redis: bool = False,
+    ) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.statuses = StatusStore(redis, retention_s=retention_s)
+        self._owns_redis = owns_redis
+        self._enqueue_script = redis.register_script(_ENQUEUE)
+
+    @classmethod
+    def connect(cls, redis_url: str, **kwargs: Any) -> Self:
+        """A producer with its own connection pool to ``redis_url``."""
+        return cls(Redis.from_url(redis_url), owns_redis=True, **kwargs)
+
+    async def enqueue(self, request: SendRequest | Mapping[str, Any]) -> Enqueued:
+        """Validate and enqueue one message; a repeated idempotency key enqueues nothing."""
+        [result] = await self.enqueue_many([request])
+        return result
+
+    async def enqueue_many(
+        self, requests: Iterable[SendRequest | Mapping[str, Any]]
+    ) -> list[Enqueued]:
+        """Validate all, then enqueue all in one round trip; one invalid request enqueues none.
+
+        ``InvalidRequest`` names each bad field with the request's index: ``[3].to``.
+        """
+        valid = _validate_all(list(requests))
+        now_ms = int(time.time() * 1000)
+        ttl_ms = self.statuses.retention_s * 1000
+        ids = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request in valid:
+                message_id = message_id_for(request.phone_number_id, request.idempotency_key)
+                ids.append(message_id)
+                fields, event = self.statuses.new_record(
+                    message_id,
+                    phone_number_id=request.phone_number_id,
+                    to=request.to,
+                    kind=request.message.type,
+                    metadata=request.metadata,
+                )
+                flat = [item for pair in fields.items() for item in pair]
+                await self._enqueue_script(
+                    keys=[
+                        keys.message(message_id),
+                        keys.message_history(message_id),
+                        keys.ARQ_JOB_PREFIX + message_id,
+                        self.queue_name,
+                    ],
+                    args=[
+                        job_payload(message_id, request),
+                        now_ms,
+                        ttl_ms,
+                        self.statuses.retention_s,
+                        event,
+                        message_id,
+                        *flat,
+                    ],
+                    client=pipe,
+                )
+            answers = await pipe.execute()
+        return [
+            Enqueued(
+                message_id, created=answer is None, state=MessageState(_text(answer or b"queued"))
+            )
+            for message_id, answer in zip(ids, answers, strict=True)
+        ]
+
+    async def status(self, message_id: str) -> MessageStatus | None:
+        """A message's state and history; None when unknown or past retention."""
+        return await self.statuses.get(message_id)
+
+    async def aclose(self) -> None:
+        """Close the Redis connection if this producer opened it."""
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _validate_all(requests: list[SendRequest | Mapping[str, Any]]) -> list[SendRequest]:
+    valid: list[SendRequest] = []
+    errors: list[FieldError] = []
+    for index, item in enumerate(requests):
+        if isinstance(item, SendRequest):
+            valid.append(item)
+            continue
+        try:
+            valid.append(SendRequest.model_validate(item))
+        except ValidationError as exc:
+            prefix = f"[{index}]" if len(requests) > 1 else ""
+            errors.extend(InvalidRequest.from_validation_error(exc, prefix=prefix).errors)
+    if errors:
+        raise InvalidRequest(errors)
+    return valid
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,57 @@
+"""Every Redis key waq uses, in one place, with its type, lifetime and unit.
+
+The producer owns this module because it is the one package every other imports.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ARQ_JOB_PREFIX",
+    "DEAD_LETTERS",
+    "DEFAULT_QUEUE",
+    "PAUSED_NUMBERS",
+    "dead_letter",
+    "message",
+    "message_history",
+    "wamid",
+    "window",
+]
+
+DEFAULT_QUEUE: Final = "waq:queue"
+"""zset, arq's queue: job id (= message id) scored by the time it may run, in ms."""
+
+ARQ_JOB_PREFIX: Final = "arq:job:"
+"""string, arq's job record (JSON, not pickle); expires after the status retention."""
+
+PAUSED_NUMBERS: Final = "waq:paused"
+"""hash, phone_number_id -> JSON {reason, code, since}; no TTL: an operator or probe resumes."""
+
+DEAD_LETTERS: Final = "waq:dlq"
+"""zset, message id scored by the time it died (unix s); no TTL: ops drain it."""
+
+
+def message(message_id: str) -> str:
+    """hash, a message's status record (state, attempts, wamid, error...); TTL = retention, s."""
+    return f"waq:msg:{message_id}"
+
+
+def message_history(message_id: str) -> str:
+    """list of JSON events, oldest first; TTL = retention, s."""
+    return f"waq:msg:{message_id}:history"
+
+
+def dead_letter(message_id: str) -> str:
+    """string, a dead letter's JSON (request, attempts, final error, hint); no TTL."""
+    return f"waq:dlq:{message_id}"
+
+
+def window(phone_number_id: str, wa_id: str) -> str:
+    """string, unix time (s) of the customer's last inbound message; expires with the window."""
+    return f"waq:window:{phone_number_id}:{wa_id}"
+
+
+def wamid(wamid_: str) -> str:
+    """string, the waq message id behind a wamid (for status webhooks); TTL = retention, s."""
+    return f"waq:wamid:{wamid_}"

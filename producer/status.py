@@ -1,0 +1,69 @@
+"""A message's state and history, as the producer reports them and the worker records them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["FINAL_STATES", "MessageState", "MessageStatus", "StatusEvent"]
+
+
+class MessageState(StrEnum):
+    """Where a message is on its way to the customer."""
+
+    QUEUED = "queued"
+    """Enqueued, waiting for a worker (or for a paused number to resume)."""
+    SENDING = "sending"
+    """A worker is calling the Graph API."""
+    RETRYING = "retrying"
+    """A transient error; the next attempt is at ``next_attempt_at``."""
+    ACCEPTED = "accepted"
+    """Meta accepted it and gave a wamid (not yet delivered)."""
+    DELIVERED = "delivered"
+    """Meta reports it on the customer's phone."""
+    READ = "read"
+    """Meta reports the customer read it."""
+    FAILED = "failed"
+    """Meta reported a failure after accepting it; a dead letter follows."""
+    DEAD = "dead"
+    """It will not be sent: see the dead-letter queue for why and what to do."""
+
+
+FINAL_STATES = frozenset(
+    {MessageState.ACCEPTED, MessageState.DELIVERED, MessageState.READ, MessageState.DEAD}
+)
+
+
+class StatusEvent(BaseModel):
+    """One step of a message's history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: float
+    state: MessageState
+    attempt: int = 0
+    detail: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class MessageStatus(BaseModel):
+    """A message's current state and everything that happened to it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    state: MessageState
+    phone_number_id: str
+    to: str
+    type: str
+    attempts: int = 0
+    wamid: str | None = None
+    next_attempt_at: float | None = None
+    detail: str | None = None
+    error: dict[str, Any] | None = None
+    created_at: float
+    updated_at: float
+    metadata: dict[str, str] = {}
+    history: list[StatusEvent] = []

@@ -1,0 +1,300 @@
+"""The send pipeline end to end: producer -> Valkey -> arq worker (burst) -> sandbox over HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from producer import InvalidRequest, SendRequest
+from producer.client import Enqueued, Producer, job_payload
+from producer.status import FINAL_STATES, MessageState, MessageStatus
+from producer.status_store import StatusStore
+from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer
+from tests.conftest import ACCESS_TOKEN
+from worker.dead_letters import DeadLetterStore
+from worker.delivery import DeliveryConfig
+from worker.error_table import Suggestion
+from worker.graph import GraphClient
+from worker.pauses import PauseStore
+from worker.runner import WorkerConfig, create_worker, probe_paused_numbers
+from worker.windows import WindowStore
+
+PNID = DEFAULT_PHONE_NUMBER_ID
+CUSTOMER = "+16505551234"
+STRANGER = "+16505559876"
+
+TEXT = {"type": "text", "text": {"body": "Your order shipped"}}
+TEMPLATE = {"type": "template", "template": {"name": "hello_world", "language": {"code": "en_US"}}}
+
+
+class Pipeline:
+    """A producer, a way to run workers in burst mode, and readers for the outcome."""
+
+    def __init__(self, redis: Redis, redis_url: str, sandbox_url: str) -> None:
+        self.redis = redis
+        self.producer = Producer(redis)
+        self.config = WorkerConfig(
+            redis_url=redis_url,
+            access_token=SecretStr(ACCESS_TOKEN),
+            graph_base_url=sandbox_url,
+            graph_timeout_s=2.0,
+            burst=True,
+            poll_delay_s=0,
+            health_probe_s=None,
+            delivery=DeliveryConfig(
+                max_attempts=4, backoff_base_s=0.01, backoff_cap_s=0.05, pause_check_s=0.01
+            ),
+        )
+        self.dead_letters = DeadLetterStore(redis, StatusStore(redis, retention_s=3600))
+        self.pauses = PauseStore(redis)
+        self.windows = WindowStore(redis)
+
+    async def customer_writes(self, sandbox: SandboxClient, number: str = CUSTOMER) -> None:
+        """The customer writes in: Meta's window opens, and waq's (as its webhook would)."""
+        inbound = await sandbox.inbound(number)
+        message = inbound["message"]
+        await self.windows.record_inbound(PNID, message["from"], float(message["timestamp"]))
+
+    async def send(
+        self, to: str = CUSTOMER, message: dict[str, Any] | None = None, **extra: Any
+    ) -> Enqueued:
+        return await self.producer.enqueue(
+            {"phone_number_id": PNID, "to": to, "message": message or TEXT, **extra}
+        )
+
+    async def run_worker(self, **overrides: Any) -> None:
+        worker = create_worker(dataclasses.replace(self.config, **overrides))
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+
+    async def status(self, message_id: str) -> MessageStatus:
+        status = await self.producer.status(message_id)
+        assert status is not None
+        return status
+
+
+@pytest.fixture
+async def pipeline(
+    redis: Redis, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
+) -> Pipeline:
+    return Pipeline(redis, redis_url, sandbox_server.url)
+
+
+def states(status: MessageStatus) -> list[str]:
+    return [event.state.value for event in status.history]
+
+
+async def test_open_window_message_is_accepted(pipeline: Pipeline, sandbox: SandboxClient) -> None:
+    """A text to a customer who wrote in reaches Meta once, tagged with waq's id; accepted."""
+    await pipeline.customer_writes(sandbox)
+    enqueued = await pipeline.send()
+    assert enqueued.created
+    assert (await pipeline.status(enqueued.message_id)).state is MessageState.QUEUED
+    await pipeline.run_worker()
+    status = await pipeline.status(enqueued.message_id)
+    ledger = await sandbox.ledger()
+    assert status.state is MessageState.ACCEPTED
+    assert [e["wamid"] for e in ledger] == [status.wamid]
+    assert ledger[0]["biz_opaque_callback_data"] == enqueued.message_id
+    assert ledger[0]["body"]["text"] == {"body": "Your order shipped"}
+    assert states(status) == ["queued", "sending", "accepted"]
+    assert status.attempts == 1
+
+
+async def test_closed_window_becomes_a_dead_letter_without_calling_meta(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """Free-form to a customer who never wrote: 131047 dead letter, template hint, no call."""
+    enqueued = await pipeline.send(STRANGER)
+    await pipeline.run_worker()
+    status = await pipeline.status(enqueued.message_id)
+    letter = await pipeline.dead_letters.get(enqueued.message_id)
+    assert status.state is MessageState.DEAD
+    assert letter is not None
+    assert letter.code == 131047
+    assert letter.suggestion is Suggestion.SEND_TEMPLATE
+    assert "approved template" in letter.hint
+    assert letter.request["message"] == TEXT
+    assert await sandbox.ledger() == []
+    assert (await sandbox.stats())["outcomes"] == {}
+
+
+async def test_template_goes_outside_the_window(pipeline: Pipeline, sandbox: SandboxClient) -> None:
+    """Templates skip the window check and are accepted."""
+    enqueued = await pipeline.send(STRANGER, TEMPLATE)
+    await pipeline.run_worker()
+    assert (await pipeline.status(enqueued.message_id)).state is MessageState.ACCEPTED
+    assert len(await sandbox.ledger()) == 1
+
+
+async def test_unregistered_number_is_a_dead_letter(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """131026 from Meta is permanent: one attempt, a dead letter with fix_recipient."""
+    await pipeline.customer_writes(sandbox)
+    await sandbox.set_recipient("16505551234", registered=False)
+    enqueued = await pipeline.send()
+    await pipeline.run_worker()
+    status = await pipeline.status(enqueued.message_id)
+    letter = await pipeline.dead_letters.get(enqueued.message_id)
+    assert status.state is MessageState.DEAD
+    assert status.attempts == 1
+    assert letter is not None
+    assert letter.code == 131026
+    assert letter.suggestion is Suggestion.FIX_RECIPIENT
+    assert letter.error["http_status"] == 400
+    assert letter.error["fbtrace_id"]
+
+
+async def test_transient_errors_are_retried_then_accepted(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """Two 5xx answers, then success: three attempts, two of them retrying, one message sent."""
+    await pipeline.customer_writes(sandbox)
+    await sandbox.set_faults(server_error_next=2)
+    enqueued = await pipeline.send()
+    await pipeline.run_worker()
+    status = await pipeline.status(enqueued.message_id)
+    assert status.state is MessageState.ACCEPTED
+    assert status.attempts == 3
+    assert states(status).count("retrying") == 2
+    assert len(await sandbox.ledger()) == 1
+
+
+async def test_retries_exhausted_become_a_dead_letter(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """Always 5xx: max_attempts calls, then a dead letter holding every attempt."""
+    await pipeline.customer_writes(sandbox)
+    await sandbox.set_faults(server_error_ratio=1)
+    enqueued = await pipeline.send()
+    await pipeline.run_worker()
+    status = await pipeline.status(enqueued.message_id)
+    letter = await pipeline.dead_letters.get(enqueued.message_id)
+    assert status.state is MessageState.DEAD
+    assert status.attempts == 4
+    assert (await sandbox.stats())["outcomes"]["server_error"] == 4
+    assert letter is not None
+    assert "gave up after 4 attempts" in letter.hint
+    assert [e.state.value for e in letter.attempts].count("retrying") == 3
+
+
+async def test_pause_then_resume_by_health_probe(
+    pipeline: Pipeline, sandbox: SandboxClient, sandbox_server: SandboxServer
+) -> None:
+    """An expired token pauses the number (no dead letter); the probe resumes it; it sends."""
+    await pipeline.customer_writes(sandbox)
+    await sandbox.expire_token()
+    enqueued = await pipeline.send()
+    await pipeline.run_worker(max_burst_jobs=1)
+    status = await pipeline.status(enqueued.message_id)
+    pause = await pipeline.pauses.get(PNID)
+    assert status.state is MessageState.QUEUED
+    assert status.detail is not None
+    assert "paused" in status.detail
+    assert status.attempts == 0
+    assert pause is not None
+    assert pause.code == 190
+    assert await pipeline.dead_letters.count() == 0
+
+    async with GraphClient(
+        access_token=SecretStr(ACCESS_TOKEN), base_url=sandbox_server.url
+    ) as graph:
+        ctx = {"pauses": pipeline.pauses, "graph": graph}
+        assert await probe_paused_numbers(ctx) == {PNID: "still failing: meta_190"}
+        await sandbox.expire_token(False)
+        assert await probe_paused_numbers(ctx) == {PNID: "resumed"}
+    await pipeline.run_worker()
+    assert (await pipeline.status(enqueued.message_id)).state is MessageState.ACCEPTED
+    assert len(await sandbox.ledger()) == 1
+
+
+async def test_operator_resume(pipeline: Pipeline, sandbox: SandboxClient) -> None:
+    """A number paused by hand waits; resuming it lets its messages go."""
+    await pipeline.customer_writes(sandbox)
+    await pipeline.pauses.pause(PNID, reason="maintenance", code=None, by="operator")
+    enqueued = await pipeline.send()
+    await pipeline.run_worker(max_burst_jobs=1)
+    assert (await pipeline.status(enqueued.message_id)).state is MessageState.QUEUED
+    assert await sandbox.ledger() == []
+    assert await pipeline.pauses.resume(PNID)
+    await pipeline.run_worker()
+    assert (await pipeline.status(enqueued.message_id)).state is MessageState.ACCEPTED
+
+
+async def test_idempotent_repeat_enqueues_nothing(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """The same idempotency key returns the first message's id and sends once."""
+    await pipeline.customer_writes(sandbox)
+    first = await pipeline.send(idempotency_key="order-42")
+    again = await pipeline.send(idempotency_key="order-42")
+    assert again.message_id == first.message_id
+    assert (first.created, again.created) == (True, False)
+    await pipeline.run_worker()
+    after = await pipeline.send(idempotency_key="order-42")
+    assert (after.created, after.state) == (False, MessageState.ACCEPTED)
+    await pipeline.run_worker()
+    assert len(await sandbox.ledger()) == 1
+
+
+async def test_bulk_enqueue_and_every_message_ends_final(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """Bulk enqueue, mixed outcomes: each message ends in one final state; the ledger agrees."""
+    customers = [f"+1650555{1000 + i}" for i in range(12)]
+    for number in customers[:8]:
+        await pipeline.customer_writes(sandbox, number)
+    await sandbox.set_faults(server_error_ratio=0.3)
+    requests = [{"phone_number_id": PNID, "to": n, "message": TEXT} for n in customers]
+    enqueued = await pipeline.producer.enqueue_many(requests)
+    assert len({e.message_id for e in enqueued}) == 12
+    await pipeline.run_worker()
+    statuses = [await pipeline.status(e.message_id) for e in enqueued]
+    assert all(s.state in FINAL_STATES for s in statuses)
+    accepted = {s.id for s in statuses if s.state is MessageState.ACCEPTED}
+    dead = {s.id for s in statuses if s.state is MessageState.DEAD}
+    ledger = await sandbox.ledger()
+    assert {e["biz_opaque_callback_data"] for e in ledger} == accepted
+    assert len(ledger) == len(accepted)
+    assert await pipeline.dead_letters.count() == len(dead)
+    assert {s.to for s in statuses if s.id in dead} >= set(customers[8:])
+
+
+async def test_invalid_request_is_refused_and_nothing_is_queued(
+    pipeline: Pipeline, redis: Redis
+) -> None:
+    """A bad item names its index and field; the batch enqueues nothing."""
+    good = {"phone_number_id": PNID, "to": CUSTOMER, "message": TEXT}
+    bad = {
+        "phone_number_id": PNID,
+        "to": CUSTOMER,
+        "message": {"type": "text", "text": {"body": ""}},
+    }
+    with pytest.raises(InvalidRequest) as info:
+        await pipeline.producer.enqueue_many([good, bad])
+    assert [e.field for e in info.value.errors] == ["[1].message.text.body"]
+    assert await redis.zcard("waq:queue") == 0
+
+
+async def test_rerun_of_an_accepted_message_does_not_resend(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """arq may run a job twice; a message already accepted is not sent again."""
+    await pipeline.customer_writes(sandbox)
+    enqueued = await pipeline.send()
+    await pipeline.run_worker()
+    request = SendRequest.model_validate({"phone_number_id": PNID, "to": CUSTOMER, "message": TEXT})
+    await pipeline.redis.zadd("waq:queue", {enqueued.message_id: int(time.time() * 1000)})
+    await pipeline.redis.set(
+        f"arq:job:{enqueued.message_id}", job_payload(enqueued.message_id, request)
+    )
+    await pipeline.run_worker()
+    assert len(await sandbox.ledger()) == 1

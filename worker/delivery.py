@@ -1,0 +1,300 @@
+"""The send job's logic: window, pause, Graph call, classification, and exactly one outcome.
+
+arq calls ``send_message`` (see ``worker.runner``); this module holds what it does, with its
+collaborators passed in, so it is tested against real Redis and the sandbox without arq's loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from arq.worker import Retry
+from pydantic import ValidationError
+
+from producer.request import SendRequest
+from producer.status import FINAL_STATES, MessageState, MessageStatus
+from producer.status_store import StatusStore
+from worker.backoff import backoff_s, pair_backoff_s
+from worker.dead_letters import DeadLetter, DeadLetterStore
+from worker.error_table import Action, ErrorRule, Schedule, Suggestion, rule_for
+from worker.errors import GraphError, GraphTransportError
+from worker.graph import GraphClient
+from worker.pauses import PauseStore
+from worker.windows import WindowStore
+
+__all__ = ["Deliverer", "DeliveryConfig"]
+
+log = structlog.get_logger("waq.worker")
+
+_CLOSED_WINDOW = {
+    "code": 131047,
+    "title": "Re-engagement message",
+    "details": "No message from this customer in the last 24 hours (checked by waq before "
+    "sending; Meta was not called).",
+    "http_status": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """The knobs of delivery, passed in from the settings by the entrypoint."""
+
+    max_attempts: int = 6
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    pause_check_s: float = 30.0
+    # A job re-run this many times without recording an outcome is a bug or a dead Redis;
+    # past it the message is dead-lettered instead of looping forever.
+    max_job_runs: int = 1000
+
+
+class Deliverer:
+    """Delivers one message per call and leaves it in exactly one recorded state."""
+
+    def __init__(
+        self,
+        *,
+        graph: GraphClient,
+        statuses: StatusStore,
+        windows: WindowStore,
+        pauses: PauseStore,
+        dead_letters: DeadLetterStore,
+        config: DeliveryConfig,
+    ) -> None:
+        self.graph = graph
+        self.statuses = statuses
+        self.windows = windows
+        self.pauses = pauses
+        self.dead_letters = dead_letters
+        self.config = config
+
+    async def deliver(self, message_id: str, raw_request: dict[str, Any], *, job_try: int) -> str:
+        """Run one attempt; return the state reached, or raise arq's ``Retry`` to come back."""
+        status = await self.statuses.get(message_id)
+        if status is not None and status.state in FINAL_STATES:
+            log.info("send.skipped", outcome=status.state.value, reason="already final")
+            return status.state.value
+        try:
+            request = SendRequest.model_validate(raw_request)
+        except ValidationError as exc:
+            # Only a producer of another version could enqueue this; keep it for an operator.
+            error = {
+                "code": "invalid_job",
+                "title": "job payload failed validation",
+                "details": str(exc),
+            }
+            return await self._dead(
+                message_id,
+                raw_request=raw_request,
+                status=status,
+                error=error,
+                suggestion=Suggestion.FIX_REQUEST,
+                hint="the queued request no longer validates: fix and requeue it",
+            )
+        if job_try > self.config.max_job_runs:
+            error = {
+                "code": "too_many_runs",
+                "title": f"job ran {job_try} times without an outcome",
+            }
+            return await self._dead(
+                message_id,
+                raw_request=raw_request,
+                status=status,
+                error=error,
+                suggestion=Suggestion.CONTACT_SUPPORT,
+                hint="waq could not record an outcome; check worker logs",
+            )
+        pause = await self.pauses.get(request.phone_number_id)
+        if pause is not None:
+            await self.statuses.record(
+                message_id,
+                MessageState.QUEUED,
+                detail=f"number paused: {pause.reason}",
+                next_attempt_at=time.time() + self.config.pause_check_s,
+            )
+            log.info("send.waiting", outcome="paused", reason=pause.reason)
+            raise Retry(defer=self.config.pause_check_s)
+        if not request.message.is_template and not await self.windows.is_open(
+            request.phone_number_id, request.wa_id
+        ):
+            rule = rule_for(131047, http_status=400)
+            return await self._dead(
+                message_id,
+                raw_request=raw_request,
+                status=status,
+                error=_CLOSED_WINDOW,
+                suggestion=rule.suggestion,
+                hint=rule.hint,
+            )
+        return await self._attempt(message_id, request, raw_request, status)
+
+    async def _attempt(
+        self,
+        message_id: str,
+        request: SendRequest,
+        raw_request: dict[str, Any],
+        status: MessageStatus | None,
+    ) -> str:
+        attempt = (status.attempts if status else 0) + 1
+        if status is not None and status.state is MessageState.SENDING:
+            log.warning("send.previous_attempt_unknown", attempt=attempt - 1)
+        await self.statuses.record(message_id, MessageState.SENDING, attempt=attempt)
+        try:
+            result = await self.graph.send(
+                request.phone_number_id, request.graph_body(callback_data=message_id)
+            )
+        except GraphError as exc:
+            rule = rule_for(exc.meta_code, http_status=exc.http_status, subcode=exc.subcode)
+            return await self._failed(
+                message_id,
+                raw_request=raw_request,
+                request=request,
+                attempt=attempt,
+                rule=rule,
+                error=exc.as_dict(),
+            )
+        except GraphTransportError as exc:
+            rule = ErrorRule(Action.RETRY, Suggestion.RETRY_LATER, "no answer from the Graph API")
+            return await self._failed(
+                message_id,
+                raw_request=raw_request,
+                request=request,
+                attempt=attempt,
+                rule=rule,
+                error=exc.as_dict(),
+            )
+        await self.statuses.record(
+            message_id,
+            MessageState.ACCEPTED,
+            attempt=attempt,
+            wamid=result.wamid,
+            count_attempt=True,
+        )
+        log.info("send.outcome", outcome="accepted", attempt=attempt, wamid=result.wamid)
+        return MessageState.ACCEPTED.value
+
+    async def _failed(
+        self,
+        message_id: str,
+        *,
+        raw_request: dict[str, Any],
+        request: SendRequest,
+        attempt: int,
+        rule: ErrorRule,
+        error: dict[str, Any],
+    ) -> str:
+        if rule.action is Action.PAUSE:
+            first = await self.pauses.pause(
+                request.phone_number_id, reason=rule.hint, code=error.get("code")
+            )
+            if first:
+                log.error("alert.number_paused", reason=rule.hint, error=error)
+            # A pause is not the message's fault: the attempt is not counted.
+            await self.statuses.record(
+                message_id,
+                MessageState.QUEUED,
+                attempt=attempt - 1,
+                count_attempt=True,
+                detail=f"number paused: {rule.hint}",
+                error=error,
+                next_attempt_at=time.time() + self.config.pause_check_s,
+            )
+            raise Retry(defer=self.config.pause_check_s)
+        if rule.action is Action.PERMANENT:
+            status = await self._counted(message_id, attempt, error)
+            return await self._dead(
+                message_id,
+                raw_request=raw_request,
+                status=status,
+                error=error,
+                suggestion=rule.suggestion,
+                hint=rule.hint,
+            )
+        if attempt >= self.config.max_attempts:
+            status = await self._counted(message_id, attempt, error)
+            hint = f"gave up after {attempt} attempts: {rule.hint}"
+            return await self._dead(
+                message_id,
+                raw_request=raw_request,
+                status=status,
+                error=error,
+                suggestion=rule.suggestion,
+                hint=hint,
+            )
+        delay = self._delay(rule, attempt, message_id)
+        await self.statuses.record(
+            message_id,
+            MessageState.RETRYING,
+            attempt=attempt,
+            count_attempt=True,
+            detail=rule.hint,
+            error=error,
+            next_attempt_at=time.time() + delay,
+        )
+        log.info(
+            "send.outcome",
+            outcome="retrying",
+            attempt=attempt,
+            delay_s=round(delay, 3),
+            error=error,
+        )
+        raise Retry(defer=delay)
+
+    def _delay(self, rule: ErrorRule, attempt: int, message_id: str) -> float:
+        if rule.schedule is Schedule.PAIR:
+            delay = pair_backoff_s(attempt)
+        else:
+            delay = backoff_s(
+                attempt, base_s=self.config.backoff_base_s, cap_s=self.config.backoff_cap_s
+            )
+        return max(delay, rule.min_delay_s)
+
+    async def _counted(
+        self, message_id: str, attempt: int, error: dict[str, Any]
+    ) -> MessageStatus | None:
+        await self.statuses.record(
+            message_id,
+            MessageState.SENDING,
+            attempt=attempt,
+            count_attempt=True,
+            error=error,
+            detail="attempt failed",
+        )
+        return await self.statuses.get(message_id)
+
+    async def _dead(
+        self,
+        message_id: str,
+        *,
+        raw_request: dict[str, Any],
+        status: MessageStatus | None,
+        error: dict[str, Any],
+        suggestion: Suggestion,
+        hint: str,
+    ) -> str:
+        now = time.time()
+        request_to = raw_request.get("to")
+        letter = DeadLetter(
+            id=message_id,
+            phone_number_id=str(
+                raw_request.get("phone_number_id", status.phone_number_id if status else "")
+            ),
+            to=str(status.to if status else request_to),
+            type=status.type if status else str(raw_request.get("message", {}).get("type", "")),
+            request=raw_request,
+            error=error,
+            hint=hint,
+            suggestion=suggestion,
+            attempts=list(status.history) if status else [],
+            metadata=status.metadata if status else {},
+            created_at=status.created_at if status else now,
+            dead_at=now,
+        )
+        await self.dead_letters.add(letter)
+        log.warning(
+            "send.outcome", outcome="dead", code=error.get("code"), suggestion=suggestion.value
+        )
+        return MessageState.DEAD.value

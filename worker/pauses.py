@@ -1,0 +1,54 @@
+"""Paused business numbers: sending stops for a number whose token, account or number is broken."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+from redis.asyncio import Redis
+
+from producer import keys
+
+__all__ = ["Pause", "PauseStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Why a number is paused, and since when."""
+
+    reason: str
+    code: int | None
+    since: float
+    by: str = "worker"
+
+
+class PauseStore:
+    """One hash of paused numbers, shared by every worker and operator."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def pause(
+        self, phone_number_id: str, *, reason: str, code: int | None, by: str = "worker"
+    ) -> bool:
+        """Pause a number; False if it was already paused (the first reason is kept)."""
+        value = json.dumps(asdict(Pause(reason=reason, code=code, since=time.time(), by=by)))
+        return bool(await self.redis.hsetnx(keys.PAUSED_NUMBERS, phone_number_id, value))  # type: ignore[misc]
+
+    async def resume(self, phone_number_id: str) -> bool:
+        """Resume a number; False if it was not paused."""
+        return bool(await self.redis.hdel(keys.PAUSED_NUMBERS, phone_number_id))  # type: ignore[misc]
+
+    async def get(self, phone_number_id: str) -> Pause | None:
+        """The pause of one number, if any."""
+        raw = await self.redis.hget(keys.PAUSED_NUMBERS, phone_number_id)  # type: ignore[misc]
+        return Pause(**json.loads(raw)) if raw is not None else None
+
+    async def all(self) -> dict[str, Pause]:
+        """Every paused number."""
+        raw = await self.redis.hgetall(keys.PAUSED_NUMBERS)  # type: ignore[misc]
+        return {
+            (k.decode() if isinstance(k, bytes) else k): Pause(**json.loads(v))
+            for k, v in raw.items()
+        }

@@ -1,0 +1,162 @@
+"""The arq worker: the ``send_message`` job, the paused-number probe, and their wiring."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+from arq import cron
+from arq.connections import ArqRedis
+from arq.cron import CronJob
+from arq.worker import Retry, Worker, func
+from pydantic import SecretStr
+
+from producer import keys
+from producer.client import SEND_FUNCTION, json_serializer
+from producer.status_store import StatusStore
+from worker.backoff import backoff_s
+from worker.dead_letters import DeadLetterStore
+from worker.delivery import Deliverer, DeliveryConfig
+from worker.errors import DeliveryError
+from worker.graph import DEFAULT_GRAPH_API_VERSION, DEFAULT_GRAPH_BASE_URL, GraphClient
+from worker.pauses import PauseStore
+from worker.windows import WindowStore
+
+__all__ = ["WorkerConfig", "create_worker", "probe_paused_numbers", "send_message"]
+
+log = structlog.get_logger("waq.worker")
+
+# waq counts attempts itself (only calls that reached Meta or failed to): waiting for a
+# paused number, or arq re-running a job after a crash, must not use up a message's tries.
+# arq's own limit would fail a job silently, leaving the message in no state, so it is set
+# out of reach and Deliverer dead-letters by its own count.
+_ARQ_MAX_TRIES = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything a worker process needs, from the settings (or a test)."""
+
+    redis_url: str
+    access_token: SecretStr
+    graph_base_url: str = DEFAULT_GRAPH_BASE_URL
+    graph_api_version: str = DEFAULT_GRAPH_API_VERSION
+    graph_timeout_s: float = 20.0
+    queue_name: str = keys.DEFAULT_QUEUE
+    retention_s: int = 7 * 24 * 3600
+    window_margin_s: float = 60.0
+    concurrency: int = 50
+    health_probe_s: int | None = 60  # None: no probe (tests drive it by hand)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    burst: bool = False
+    max_burst_jobs: int = -1
+    poll_delay_s: float = 0.05
+    transport: httpx.AsyncBaseTransport | None = None
+
+
+async def send_message(ctx: dict[str, Any], *, message_id: str, request: dict[str, Any]) -> str:
+    """Deliver one message (the arq job); retried only through ``Retry``."""
+    deliverer: Deliverer = ctx["deliverer"]
+    job_try: int = ctx["job_try"]
+    structlog.contextvars.bind_contextvars(
+        message_id=message_id, job_try=job_try, phone_number_id=request.get("phone_number_id")
+    )
+    try:
+        return await deliverer.deliver(message_id, request, job_try=job_try)
+    except Retry:
+        raise
+    except Exception:
+        # A bug or a Redis outage: arq would drop the job. Come back later instead; the
+        # run counter in Deliverer ends a job that never records an outcome.
+        log.exception("send.error")
+        raise Retry(defer=backoff_s(job_try, cap_s=60)) from None
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+async def probe_paused_numbers(ctx: dict[str, Any]) -> dict[str, str]:
+    """Resume each paused number whose health Meta now reports as able to send."""
+    pauses: PauseStore = ctx["pauses"]
+    graph: GraphClient = ctx["graph"]
+    results: dict[str, str] = {}
+    for phone_number_id, pause in (await pauses.all()).items():
+        if pause.by == "operator":
+            results[phone_number_id] = "paused by an operator"
+            continue
+        try:
+            info = await graph.phone_number(phone_number_id)
+        except DeliveryError as exc:
+            results[phone_number_id] = f"still failing: {exc.code}"
+            continue
+        if info.can_send:
+            await pauses.resume(phone_number_id)
+            log.warning("alert.number_resumed", phone_number_id=phone_number_id, by="health probe")
+            results[phone_number_id] = "resumed"
+        else:
+            results[phone_number_id] = "still blocked"
+    return results
+
+
+def _probe_seconds(every_s: int) -> set[int]:
+    return set(range(0, 60, every_s)) if every_s < 60 else {0}
+
+
+def create_worker(config: WorkerConfig) -> Worker:
+    """An arq ``Worker`` for send jobs, with JSON jobs and one Graph client per process."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        redis = ctx["redis"]
+        statuses = StatusStore(redis, retention_s=config.retention_s)
+        graph = GraphClient(
+            access_token=config.access_token,
+            base_url=config.graph_base_url,
+            api_version=config.graph_api_version,
+            timeout_s=config.graph_timeout_s,
+            max_connections=max(config.concurrency, 10),
+            transport=config.transport,
+        )
+        pauses = PauseStore(redis)
+        ctx.update(
+            graph=graph,
+            pauses=pauses,
+            deliverer=Deliverer(
+                graph=graph,
+                statuses=statuses,
+                windows=WindowStore(redis, margin_s=config.window_margin_s),
+                pauses=pauses,
+                dead_letters=DeadLetterStore(redis, statuses),
+                config=config.delivery,
+            ),
+        )
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        graph: GraphClient | None = ctx.get("graph")
+        if graph is not None:
+            await graph.aclose()
+
+    cron_jobs: list[CronJob] = []
+    if config.health_probe_s is not None:
+        seconds = _probe_seconds(config.health_probe_s)
+        cron_jobs.append(cron(probe_paused_numbers, second=seconds, run_at_startup=False))
+    return Worker(
+        functions=[func(send_message, name=SEND_FUNCTION, max_tries=_ARQ_MAX_TRIES)],
+        cron_jobs=cron_jobs,
+        queue_name=config.queue_name,
+        redis_pool=ArqRedis.from_url(config.redis_url),
+        burst=config.burst,
+        max_burst_jobs=config.max_burst_jobs,
+        poll_delay=config.poll_delay_s,
+        max_jobs=config.concurrency,
+        max_tries=_ARQ_MAX_TRIES,
+        # A send is bounded by the Graph timeout; the margin covers Redis round trips.
+        job_timeout=config.graph_timeout_s + 30,
+        keep_result=0,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        job_serializer=json_serializer,
+        job_deserializer=json.loads,
+        handle_signals=not config.burst,
+    )

@@ -1,0 +1,52 @@
+"""The 24-hour customer service window, per (business number, customer), in Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from redis.asyncio import Redis
+
+from producer import keys
+
+__all__ = ["WINDOW_S", "WindowStore"]
+
+WINDOW_S: Final = 24 * 3600
+
+# Moves the last-inbound time forward only (webhooks arrive out of order and twice), and
+# lets the key expire when the window closes.
+_RECORD: Final = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local at = tonumber(ARGV[1])
+if at > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EXAT', math.floor(at) + tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"""
+
+
+class WindowStore:
+    """When each customer last wrote in; open means less than 24 h ago, minus a margin."""
+
+    def __init__(self, redis: Redis, *, margin_s: float = 60.0) -> None:
+        self.redis = redis
+        self.margin_s = margin_s
+        self._record = redis.register_script(_RECORD)
+
+    async def record_inbound(self, phone_number_id: str, wa_id: str, at: float) -> bool:
+        """Open or extend the window from an inbound message's own timestamp."""
+        changed = await self._record(
+            keys=[keys.window(phone_number_id, wa_id)], args=[at, WINDOW_S]
+        )
+        return bool(changed)
+
+    async def last_inbound(self, phone_number_id: str, wa_id: str) -> float | None:
+        """The customer's last inbound time, or None when the window has expired."""
+        raw = await self.redis.get(keys.window(phone_number_id, wa_id))
+        return float(raw) if raw is not None else None
+
+    async def is_open(self, phone_number_id: str, wa_id: str, *, now: float | None = None) -> bool:
+        """True while a free-form message may still be sent, read at send time."""
+        last = await self.last_inbound(phone_number_id, wa_id)
+        return last is not None and (now or time.time()) - last < WINDOW_S - self.margin_s
