@@ -3,6 +3,7 @@
 Services depend on this package alone; it imports nothing else of waq's.
 """
 
+from producer.client import SEND_FUNCTION, Enqueued, Producer, message_id_for
 from producer.errors import FieldError, InvalidRequest, WaqError
 from producer.interactive import (
     ButtonInteractive,
@@ -33,9 +34,13 @@ from producer.messages import (
 )
 from producer.recipient import normalize_recipient, wa_id_of
 from producer.request import SendRequest
+from producer.status import FINAL_STATES, MessageState, MessageStatus, StatusEvent
+from producer.status_store import StatusStore
 from producer.template import Language, Template
 
 __all__ = [
+    "FINAL_STATES",
+    "SEND_FUNCTION",
     "Audio",
     "AudioMessage",
     "ButtonInteractive",
@@ -45,6 +50,7 @@ __all__ = [
     "CtaUrlInteractive",
     "Document",
     "DocumentMessage",
+    "Enqueued",
     "FieldError",
     "Image",
     "ImageMessage",
@@ -57,9 +63,14 @@ __all__ = [
     "LocationMessage",
     "Media",
     "Message",
+    "MessageState",
+    "MessageStatus",
+    "Producer",
     "Reaction",
     "ReactionMessage",
     "SendRequest",
+    "StatusEvent",
+    "StatusStore",
     "Sticker",
     "StickerMessage",
     "Template",
@@ -70,6 +81,7 @@ __all__ = [
     "VideoMessage",
     "WaqError",
     "message_adapter",
+    "message_id_for",
     "normalize_recipient",
     "wa_id_of",
 ]

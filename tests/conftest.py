@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 from redis.asyncio import Redis
 
 from sandbox import SandboxClient, SandboxConfig, SandboxServer
@@ -13,6 +15,17 @@ from tests.support import WebhookSinkServer
 
 ACCESS_TOKEN = "test-token"
 APP_SECRET = "test-app-secret"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo configure_logging (CLI tests call it) so later tests log to pytest's streams."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         default="INFO", description="Lowest level logged."
     )
 
+    @field_validator(
+        "access_token", "app_secret", "verify_token", "default_phone_number_id", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

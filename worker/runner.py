@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +72,8 @@ async def send_message(ctx: dict[str, Any], *, message_id: str, request: dict[st
     except Exception:
         # A bug or a Redis outage: arq would drop the job. Come back later instead; the
         # run counter in Deliverer ends a job that never records an outcome.
-        log.exception("send.error")
+        with contextlib.suppress(Exception):  # a broken log sink must not drop the job
+            log.exception("send.error")
         raise Retry(defer=backoff_s(job_try, cap_s=60)) from None
     finally:
         structlog.contextvars.clear_contextvars()
