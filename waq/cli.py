@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
-from typing import Annotated, Any
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from producer.status_store import StatusStore
 from sandbox import SandboxConfig, SandboxServer, WindowErrors
@@ -21,6 +24,8 @@ from worker.delivery import DeliveryConfig
 from worker.logs import configure_logging, shorten_phone
 from worker.pauses import PauseStore
 from worker.runner import WorkerConfig, create_worker
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="waq",
@@ -77,12 +82,13 @@ def _configure(settings: Settings, *, level: str | None = None) -> None:
 
 
 def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> WorkerConfig:
+    """The worker's config from the settings, with ``overrides`` taking precedence."""
     if settings.access_token is None:
         typer.echo(
             "error: WAQ_ACCESS_TOKEN is not set (workers need the Graph access token)", err=True
         )
         raise typer.Exit(2)
-    return WorkerConfig(
+    config = WorkerConfig(
         redis_url=redis_url,
         access_token=settings.access_token,
         graph_base_url=settings.graph_base_url,
@@ -99,8 +105,8 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
             backoff_cap_s=settings.backoff_cap_s,
             pause_check_s=settings.pause_check_s,
         ),
-        **overrides,
     )
+    return dataclasses.replace(config, **overrides)
 
 
 @app.command()
@@ -143,6 +149,15 @@ dlq = typer.Typer(help="Read the dead-letter queue.", no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
 
 
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run an operator command; an unreachable Redis is a sentence, not a stack trace."""
+    try:
+        return asyncio.run(coro)
+    except RedisConnectionError as exc:
+        typer.echo(f"error: cannot reach Redis (WAQ_REDIS_URL): {exc}", err=True)
+        raise typer.Exit(3) from None
+
+
 def _redis(settings: Settings) -> Redis:
     redis: Redis = Redis.from_url(str(settings.redis_url))
     return redis
@@ -172,7 +187,7 @@ def dlq_list(
         finally:
             await redis.aclose()
 
-    letters = asyncio.run(run())
+    letters = _run(run())
     if as_json:
         for letter in letters:
             typer.echo(letter.model_dump_json())
@@ -199,7 +214,7 @@ def dlq_show(
         finally:
             await redis.aclose()
 
-    letter = asyncio.run(run())
+    letter = _run(run())
     if letter is None:
         typer.echo(f"error: no dead letter {message_id}", err=True)
         raise typer.Exit(1)
@@ -242,7 +257,7 @@ def pause(
         finally:
             await redis.aclose()
 
-    typer.echo(f"{phone_number_id}: {'paused' if asyncio.run(run()) else 'was already paused'}")
+    typer.echo(f"{phone_number_id}: {'paused' if _run(run()) else 'was already paused'}")
 
 
 @app.command()
@@ -258,4 +273,4 @@ def resume(
         finally:
             await redis.aclose()
 
-    typer.echo(f"{phone_number_id}: {'resumed' if asyncio.run(run()) else 'was not paused'}")
+    typer.echo(f"{phone_number_id}: {'resumed' if _run(run()) else 'was not paused'}")
