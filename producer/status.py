@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["FINAL_STATES", "MessageState", "MessageStatus", "StatusEvent"]
+__all__ = ["FINAL_STATES", "STATE_RANK", "MessageState", "MessageStatus", "StatusEvent"]
 
 
 class MessageState(StrEnum):
@@ -21,6 +21,8 @@ class MessageState(StrEnum):
     """A transient error; the next attempt is at ``next_attempt_at``."""
     ACCEPTED = "accepted"
     """Meta accepted it and gave a wamid (not yet delivered)."""
+    SENT = "sent"
+    """Meta reports it left for the customer's phone."""
     DELIVERED = "delivered"
     """Meta reports it on the customer's phone."""
     READ = "read"
@@ -32,8 +34,30 @@ class MessageState(StrEnum):
 
 
 FINAL_STATES = frozenset(
-    {MessageState.ACCEPTED, MessageState.DELIVERED, MessageState.READ, MessageState.DEAD}
+    {
+        MessageState.ACCEPTED,
+        MessageState.SENT,
+        MessageState.DELIVERED,
+        MessageState.READ,
+        MessageState.FAILED,
+        MessageState.DEAD,
+    }
 )
+"""States after which no worker sends the message again."""
+
+STATE_RANK = {
+    MessageState.QUEUED: 0,
+    MessageState.SENDING: 1,
+    MessageState.RETRYING: 1,
+    MessageState.ACCEPTED: 2,
+    MessageState.SENT: 3,
+    MessageState.DELIVERED: 4,
+    MessageState.READ: 5,
+    MessageState.FAILED: 6,
+    MessageState.DEAD: 6,
+}
+"""A state never moves to a lower rank (statuses arrive late and out of order); the
+worker's own states (ranks 0 and 1) move freely among themselves."""
 
 
 class StatusEvent(BaseModel):

@@ -1,21 +1,48 @@
 """Status records in Redis: a hash per message for its state, a list for its history.
 
-The producer creates a record when it enqueues; workers (and later the webhooks) move it
-along. Each transition is one MULTI round trip: the hash fields, one history event, TTLs.
+The producer creates a record when it enqueues; workers and webhooks move it along. Every
+transition is one script call: it moves the state only forward (``STATE_RANK``), because
+Meta's statuses arrive late, twice and out of order, and a late ``accepted`` from a worker
+must not undo a ``delivered`` that overtook it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Final
 
 from redis.asyncio import Redis
 
 from producer import keys
-from producer.status import MessageState, MessageStatus, StatusEvent
+from producer.status import STATE_RANK, MessageState, MessageStatus, StatusEvent
 
 __all__ = ["StatusStore"]
+
+_RANKS_LUA = "{" + ", ".join(f"{state.value}={rank}" for state, rank in STATE_RANK.items()) + "}"
+
+# KEYS: hash, history, wamid index. ARGV: state, event, retention s, message id,
+# fields set always (JSON), fields set only when the state moves (JSON), fields to clear then.
+# Returns 1 moved, 0 kept (a later state is already recorded), -1 no record.
+_RECORD: Final = f"""
+local ranks = {_RANKS_LUA}
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return -1 end
+local new, old = ranks[ARGV[1]], ranks[current]
+local moves = new >= old or (new <= 1 and old <= 1)
+for field, value in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], field, value) end
+if moves then
+  redis.call('HSET', KEYS[1], 'state', ARGV[1])
+  for field, value in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[1], field, value) end
+  for field in string.gmatch(ARGV[7], '[^,]+') do redis.call('HDEL', KEYS[1], field) end
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if KEYS[3] ~= KEYS[1] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3]) end
+if moves then return 1 end
+return 0
+"""
 
 
 class StatusStore:
@@ -24,6 +51,7 @@ class StatusStore:
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self.redis = redis
         self.retention_s = retention_s
+        self._record = redis.register_script(_RECORD)
 
     def new_record(
         self, message_id: str, *, phone_number_id: str, to: str, kind: str, metadata: dict[str, str]
@@ -54,34 +82,48 @@ class StatusStore:
         wamid: str | None = None,
         next_attempt_at: float | None = None,
         count_attempt: bool = False,
-    ) -> None:
-        """Move a message to ``state`` and append the step to its history."""
+        at: float | None = None,
+    ) -> bool:
+        """Move a message to ``state`` (unless a later state is already recorded); log the step.
+
+        Returns whether the state moved.
+        """
         now = time.time()
-        fields: dict[str, str] = {"state": state.value, "updated_at": repr(now)}
+        always: dict[str, str] = {}
         if count_attempt:
-            fields["attempts"] = str(attempt)
-        if detail is not None:
-            fields["detail"] = detail
-        if error is not None:
-            fields["error"] = json.dumps(error)
+            always["attempts"] = str(attempt)
         if wamid is not None:
-            fields["wamid"] = wamid
+            always["wamid"] = wamid
+        moved: dict[str, str] = {"updated_at": repr(now)}
+        cleared = [name for name, value in (("detail", detail), ("error", error)) if value is None]
+        if detail is not None:
+            moved["detail"] = detail
+        if error is not None:
+            moved["error"] = json.dumps(error)
         if next_attempt_at is not None:
-            fields["next_attempt_at"] = repr(next_attempt_at)
-        event = StatusEvent(at=now, state=state, attempt=attempt, detail=detail, error=error)
-        key, history = keys.message(message_id), keys.message_history(message_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            if next_attempt_at is None:
-                pipe.hdel(key, "next_attempt_at")
-            if detail is None:
-                pipe.hdel(key, "detail")
-            pipe.rpush(history, event.model_dump_json(exclude_none=True))
-            pipe.expire(key, self.retention_s)
-            pipe.expire(history, self.retention_s)
-            if wamid is not None:
-                pipe.set(keys.wamid(wamid), message_id, ex=self.retention_s)
-            await pipe.execute()
+            moved["next_attempt_at"] = repr(next_attempt_at)
+        else:
+            cleared.append("next_attempt_at")
+        event = StatusEvent(at=at or now, state=state, attempt=attempt, detail=detail, error=error)
+        key = keys.message(message_id)
+        result = await self._record(
+            keys=[key, keys.message_history(message_id), keys.wamid(wamid) if wamid else key],
+            args=[
+                state.value,
+                event.model_dump_json(exclude_none=True),
+                self.retention_s,
+                message_id,
+                json.dumps(always),
+                json.dumps(moved),
+                ",".join(cleared),
+            ],
+        )
+        return bool(result == 1)
+
+    async def message_id_for_wamid(self, wamid: str) -> str | None:
+        """The waq message behind a wamid, if waq sent it within the retention."""
+        raw = await self.redis.get(keys.wamid(wamid))
+        return _text(raw) if raw is not None else None
 
     async def get(self, message_id: str) -> MessageStatus | None:
         """The message's state and history, or None if unknown or expired."""
@@ -89,15 +131,15 @@ class StatusStore:
             pipe.hgetall(keys.message(message_id))
             pipe.lrange(keys.message_history(message_id), 0, -1)
             raw, history = await pipe.execute()
-        if not raw:
-            return None
         fields = {_text(k): _text(v) for k, v in raw.items()}
+        if "state" not in fields:
+            return None
         return MessageStatus(
             id=message_id,
             state=MessageState(fields["state"]),
-            phone_number_id=fields["phone_number_id"],
-            to=fields["to"],
-            type=fields["type"],
+            phone_number_id=fields.get("phone_number_id", ""),
+            to=fields.get("to", ""),
+            type=fields.get("type", ""),
             attempts=int(fields.get("attempts", 0)),
             wamid=fields.get("wamid"),
             next_attempt_at=float(fields["next_attempt_at"])
@@ -105,8 +147,8 @@ class StatusStore:
             else None,
             detail=fields.get("detail"),
             error=json.loads(fields["error"]) if "error" in fields else None,
-            created_at=float(fields["created_at"]),
-            updated_at=float(fields["updated_at"]),
+            created_at=float(fields.get("created_at", 0)),
+            updated_at=float(fields.get("updated_at", 0)),
             metadata=json.loads(fields.get("metadata", "{}")),
             history=[StatusEvent.model_validate_json(item) for item in history],
         )

@@ -52,9 +52,10 @@ class DeadLetterStore:
         self.redis = redis
         self.statuses = statuses
 
-    async def add(self, letter: DeadLetter) -> None:
-        """Store the entry and mark the message dead, atomically."""
+    async def add(self, letter: DeadLetter, *, attempts: int | None = None) -> None:
+        """Store the entry and mark the message dead, atomically (with its attempt count)."""
         now = time.time()
+        counted = {"attempts": str(attempts)} if attempts is not None else {}
         event = StatusEvent(at=now, state=MessageState.DEAD, detail=letter.hint, error=letter.error)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.dead_letter(letter.id), letter.model_dump_json())
@@ -66,6 +67,7 @@ class DeadLetterStore:
                     "updated_at": repr(now),
                     "detail": letter.hint,
                     "error": json.dumps(letter.error),
+                    **counted,
                 },
             )
             pipe.hdel(keys.message(letter.id), "next_attempt_at")

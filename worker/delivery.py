@@ -15,7 +15,7 @@ from arq.worker import Retry
 from pydantic import ValidationError
 
 from producer.request import SendRequest
-from producer.status import FINAL_STATES, MessageState, MessageStatus
+from producer.status import FINAL_STATES, MessageState, MessageStatus, StatusEvent
 from producer.status_store import StatusStore
 from worker.backoff import backoff_s, pair_backoff_s
 from worker.dead_letters import DeadLetter, DeadLetterStore
@@ -152,6 +152,7 @@ class Deliverer:
                 message_id,
                 raw_request=raw_request,
                 request=request,
+                status=status,
                 attempt=attempt,
                 rule=rule,
                 error=exc.as_dict(),
@@ -162,6 +163,7 @@ class Deliverer:
                 message_id,
                 raw_request=raw_request,
                 request=request,
+                status=status,
                 attempt=attempt,
                 rule=rule,
                 error=exc.as_dict(),
@@ -182,6 +184,7 @@ class Deliverer:
         *,
         raw_request: dict[str, Any],
         request: SendRequest,
+        status: MessageStatus | None,
         attempt: int,
         rule: ErrorRule,
         error: dict[str, Any],
@@ -204,22 +207,22 @@ class Deliverer:
             )
             raise Retry(defer=self.config.pause_check_s)
         if rule.action is Action.PERMANENT:
-            status = await self._counted(message_id, attempt, error)
             return await self._dead(
                 message_id,
                 raw_request=raw_request,
                 status=status,
+                failed_attempt=attempt,
                 error=error,
                 suggestion=rule.suggestion,
                 hint=rule.hint,
             )
         if attempt >= self.config.max_attempts:
-            status = await self._counted(message_id, attempt, error)
             hint = f"gave up after {attempt} attempts: {rule.hint}"
             return await self._dead(
                 message_id,
                 raw_request=raw_request,
                 status=status,
+                failed_attempt=attempt,
                 error=error,
                 suggestion=rule.suggestion,
                 hint=hint,
@@ -252,19 +255,6 @@ class Deliverer:
             )
         return max(delay, rule.min_delay_s)
 
-    async def _counted(
-        self, message_id: str, attempt: int, error: dict[str, Any]
-    ) -> MessageStatus | None:
-        await self.statuses.record(
-            message_id,
-            MessageState.SENDING,
-            attempt=attempt,
-            count_attempt=True,
-            error=error,
-            detail="attempt failed",
-        )
-        return await self.statuses.get(message_id)
-
     async def _dead(
         self,
         message_id: str,
@@ -274,8 +264,21 @@ class Deliverer:
         error: dict[str, Any],
         suggestion: Suggestion,
         hint: str,
+        failed_attempt: int | None = None,
     ) -> str:
+        """Dead-letter the message; ``failed_attempt`` is the call to Meta that just failed."""
         now = time.time()
+        attempts = list(status.history) if status else []
+        if failed_attempt is not None:
+            attempts.append(
+                StatusEvent(
+                    at=now,
+                    state=MessageState.SENDING,
+                    attempt=failed_attempt,
+                    detail="attempt failed",
+                    error=error,
+                )
+            )
         request_to = raw_request.get("to")
         letter = DeadLetter(
             id=message_id,
@@ -288,12 +291,12 @@ class Deliverer:
             error=error,
             hint=hint,
             suggestion=suggestion,
-            attempts=list(status.history) if status else [],
+            attempts=attempts,
             metadata=status.metadata if status else {},
             created_at=status.created_at if status else now,
             dead_at=now,
         )
-        await self.dead_letters.add(letter)
+        await self.dead_letters.add(letter, attempts=failed_attempt)
         log.warning(
             "send.outcome", outcome="dead", code=error.get("code"), suggestion=suggestion.value
         )
