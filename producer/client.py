@@ -59,12 +59,14 @@ def message_id_for(phone_number_id: str, idempotency_key: str | None) -> str:
     return "m_" + digest[:32]
 
 
-def job_payload(message_id: str, request: SendRequest) -> bytes:
+def job_payload(message_id: str, request: SendRequest | dict[str, Any]) -> bytes:
     """arq's job record for one send, JSON-encoded."""
+    if isinstance(request, SendRequest):
+        request = request.model_dump(mode="json", exclude_none=True)
     return serialize_job(
         SEND_FUNCTION,
         (),
-        {"message_id": message_id, "request": request.model_dump(mode="json", exclude_none=True)},
+        {"message_id": message_id, "request": request},
         None,
         int(time.time() * 1000),
         serializer=json_serializer,
@@ -121,13 +123,8 @@ class Producer:
             for request in valid:
                 message_id = message_id_for(request.phone_number_id, request.idempotency_key)
                 ids.append(message_id)
-                fields, event = self.statuses.new_record(
-                    message_id,
-                    phone_number_id=request.phone_number_id,
-                    to=request.to,
-                    kind=request.message.type,
-                    metadata=request.metadata,
-                )
+                payload = request.model_dump(mode="json", exclude_none=True)
+                fields, event = self.statuses.new_record(request, payload)
                 flat = [item for pair in fields.items() for item in pair]
                 await self._enqueue_script(
                     keys=[
@@ -137,7 +134,7 @@ class Producer:
                         self.queue_name,
                     ],
                     args=[
-                        job_payload(message_id, request),
+                        job_payload(message_id, payload),
                         now_ms,
                         ttl_ms,
                         self.statuses.retention_s,

@@ -11,11 +11,15 @@ __all__ = [
     "ARQ_JOB_PREFIX",
     "DEAD_LETTERS",
     "DEFAULT_QUEUE",
+    "INBOUND_STREAM",
     "PAUSED_NUMBERS",
+    "WEBHOOK_SEEN",
+    "conversation",
     "dead_letter",
     "message",
     "message_history",
     "wamid",
+    "webhook_delivery",
     "window",
 ]
 
@@ -55,3 +59,20 @@ def window(phone_number_id: str, wa_id: str) -> str:
 def wamid(wamid_: str) -> str:
     """string, the waq message id behind a wamid (for status webhooks); TTL = retention, s."""
     return f"waq:wamid:{wamid_}"
+
+
+INBOUND_STREAM: Final = "waq:inbound"
+"""stream, one entry per inbound customer message, for agents and flows; capped ~100,000."""
+
+WEBHOOK_SEEN: Final = "waq:webhook:seen"
+"""hash, {verified_at, last_post_at} (unix s) of Meta's handshake and last signed POST."""
+
+
+def conversation(conversation_id: str) -> str:
+    """hash, {phone_number_id, wa_id, profile_name, created_at, last_inbound_at}; no TTL."""
+    return f"waq:conv:{conversation_id}"
+
+
+def webhook_delivery(kind: str, item_id: str) -> str:
+    """string, marks one webhook item (inbound message id, or wamid:status) as handled; 8 days."""
+    return f"waq:webhook:{kind}:{item_id}"

@@ -15,6 +15,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 
 from producer import keys
+from producer.request import SendRequest
 from producer.status import STATE_RANK, MessageState, MessageStatus, StatusEvent
 
 __all__ = ["StatusStore"]
@@ -54,19 +55,24 @@ class StatusStore:
         self._record = redis.register_script(_RECORD)
 
     def new_record(
-        self, message_id: str, *, phone_number_id: str, to: str, kind: str, metadata: dict[str, str]
+        self, request: SendRequest, payload: dict[str, Any]
     ) -> tuple[dict[str, str], str]:
-        """The hash fields and first history event of a message about to be queued."""
+        """The hash fields and first history event of a message about to be queued.
+
+        The request itself is kept (``payload``, its JSON form), so a failure Meta reports
+        later by webhook can still be dead-lettered with the request that caused it.
+        """
         now = time.time()
         fields = {
             "state": MessageState.QUEUED.value,
-            "phone_number_id": phone_number_id,
-            "to": to,
-            "type": kind,
+            "phone_number_id": request.phone_number_id,
+            "to": request.to,
+            "type": request.message.type,
             "attempts": "0",
             "created_at": repr(now),
             "updated_at": repr(now),
-            "metadata": json.dumps(metadata),
+            "metadata": json.dumps(request.metadata),
+            "request": json.dumps(payload, separators=(",", ":")),
         }
         event = StatusEvent(at=now, state=MessageState.QUEUED).model_dump_json(exclude_none=True)
         return fields, event
@@ -124,6 +130,11 @@ class StatusStore:
         """The waq message behind a wamid, if waq sent it within the retention."""
         raw = await self.redis.get(keys.wamid(wamid))
         return _text(raw) if raw is not None else None
+
+    async def request(self, message_id: str) -> dict[str, Any] | None:
+        """The send request as enqueued (JSON form), while the record lives."""
+        raw = await self.redis.hget(keys.message(message_id), "request")  # type: ignore[misc]
+        return json.loads(raw) if raw is not None else None
 
     async def get(self, message_id: str) -> MessageStatus | None:
         """The message's state and history, or None if unknown or expired."""

@@ -263,7 +263,11 @@ async def _inbound(sandbox: Sandbox, body: dict[str, Any], request: Request) -> 
         str(body.get("profile_name", "Customer")),
     )
     await sandbox.webhooks.post(payload)
-    return {"message": message, "window_open": meta.window_open(phone_number_id, message["from"])}
+    return {
+        "phone_number_id": phone_number_id,
+        "message": message,
+        "window_open": meta.window_open(phone_number_id, message["from"]),
+    }
 
 
 async def _recipient(sandbox: Sandbox, body: dict[str, Any], request: Request) -> Any:

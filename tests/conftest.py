@@ -10,7 +10,13 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
-from sandbox import SandboxClient, SandboxConfig, SandboxServer
+from sandbox import (
+    DEFAULT_PHONE_NUMBER_ID,
+    BackgroundServer,
+    SandboxClient,
+    SandboxConfig,
+    SandboxServer,
+)
 from tests.support import WebhookSinkServer
 
 ACCESS_TOKEN = "test-token"
@@ -82,3 +88,25 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+API_KEY = "test-api-key"
+VERIFY_TOKEN = "test-verify-token"
+
+
+@pytest.fixture(scope="session")
+def gateway_server(redis_url: str, sandbox_server: SandboxServer) -> Iterator[BackgroundServer]:
+    """The gateway over real HTTP, pointed at the session's Valkey and sandbox."""
+    from gateway import GatewayConfig, create_app
+
+    config = GatewayConfig(
+        redis_url=redis_url,
+        api_keys=(API_KEY,),
+        app_secret=APP_SECRET,
+        verify_token=VERIFY_TOKEN,
+        default_phone_number_id=DEFAULT_PHONE_NUMBER_ID,
+        graph_base_url=sandbox_server.url,
+        health_timeout_s=5,
+    )
+    with BackgroundServer(create_app(config)) as server:
+        yield server

@@ -10,7 +10,7 @@ import pytest
 
 from waq.settings import Settings
 
-PACKAGES = ["producer", "worker", "sandbox", "waq"]
+PACKAGES = ["producer", "worker", "gateway", "sandbox", "waq"]
 
 
 def _isort_key(name: str) -> tuple[int, str]:

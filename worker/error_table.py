@@ -172,9 +172,7 @@ _UNKNOWN_PERMANENT: Final = _permanent(
 )
 
 
-def rule_for(  # noqa: PLR0911 - one return per fallback, read top to bottom
-    meta_code: int, *, http_status: int, subcode: int | None = None
-) -> ErrorRule:
+def rule_for(meta_code: int, *, http_status: int, subcode: int | None = None) -> ErrorRule:
     """The rule for an error; unknown codes fall back on the HTTP status."""
     if meta_code == 100 and subcode == _UNKNOWN_OBJECT_SUBCODE:
         return _UNKNOWN_OBJECT_RULE

@@ -21,12 +21,26 @@ from producer.status_store import StatusStore
 from worker.backoff import backoff_s
 from worker.dead_letters import DeadLetterStore
 from worker.delivery import Deliverer, DeliveryConfig
-from worker.errors import DeliveryError
+from worker.errors import DeliveryError, GraphError, GraphTransportError
 from worker.graph import DEFAULT_GRAPH_API_VERSION, DEFAULT_GRAPH_BASE_URL, GraphClient
 from worker.pauses import PauseStore
 from worker.windows import WindowStore
 
-__all__ = ["WorkerConfig", "create_worker", "probe_paused_numbers", "send_message"]
+__all__ = [
+    "HEALTH_FUNCTION",
+    "HEALTH_KEY_SUFFIX",
+    "WorkerConfig",
+    "create_worker",
+    "phone_number_health",
+    "probe_paused_numbers",
+    "send_message",
+]
+
+HEALTH_FUNCTION = "phone_number_health"
+"""The job the gateway enqueues to read a number's health: only workers hold the token."""
+
+HEALTH_KEY_SUFFIX = ":health-check"
+"""arq's liveness key is the queue name plus this; workers refresh it every 10 s."""
 
 log = structlog.get_logger("waq.worker")
 
@@ -102,6 +116,21 @@ async def probe_paused_numbers(ctx: dict[str, Any]) -> dict[str, str]:
     return results
 
 
+async def phone_number_health(ctx: dict[str, Any], *, phone_number_id: str) -> dict[str, Any]:
+    """Read a number's status and health through the Graph API, for the gateway's health check."""
+    graph: GraphClient = ctx["graph"]
+    try:
+        info = await graph.phone_number(phone_number_id)
+    except DeliveryError as exc:
+        error = (
+            exc.as_dict()
+            if isinstance(exc, GraphError | GraphTransportError)
+            else {"code": exc.code}
+        )
+        return {"ok": False, "error": error}
+    return {"ok": True, "phone_number": info.model_dump(mode="json", exclude_none=True)}
+
+
 def _probe_seconds(every_s: int) -> set[int]:
     return set(range(0, 60, every_s)) if every_s < 60 else {0}
 
@@ -144,7 +173,11 @@ def create_worker(config: WorkerConfig) -> Worker:
         seconds = _probe_seconds(config.health_probe_s)
         cron_jobs.append(cron(probe_paused_numbers, second=seconds, run_at_startup=False))
     return Worker(
-        functions=[func(send_message, name=SEND_FUNCTION, max_tries=_ARQ_MAX_TRIES)],
+        functions=[
+            func(send_message, name=SEND_FUNCTION, max_tries=_ARQ_MAX_TRIES),
+            # The gateway waits for this result, so it is kept briefly.
+            func(phone_number_health, name=HEALTH_FUNCTION, max_tries=1, keep_result=120),
+        ],
         cron_jobs=cron_jobs,
         queue_name=config.queue_name,
         redis_pool=ArqRedis.from_url(config.redis_url),
@@ -161,4 +194,5 @@ def create_worker(config: WorkerConfig) -> Worker:
         job_serializer=json_serializer,
         job_deserializer=json.loads,
         handle_signals=not config.burst,
+        health_check_interval=10,
     )

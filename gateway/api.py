@@ -1,0 +1,285 @@
+"""``/v1``: send messages, read their status and conversations, run the health check."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Body, Depends, Header, Query
+from pydantic import BaseModel, Field, ValidationError
+
+from gateway.conversations import Conversation, conversation_id_for
+from gateway.errors import ApiError, Conflict, NotFound
+from gateway.health import HealthReport, run_health_check
+from gateway.kapso import is_kapso_message, kapso_to_meta
+from gateway.state import GatewayState, gateway_state, require_api_key
+from producer.errors import FieldError, InvalidRequest
+from producer.messages import Message, message_adapter
+from producer.recipient import normalize_recipient, wa_id_of
+from producer.request import SendRequest
+from producer.status import MessageStatus
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+State = Annotated[GatewayState, Depends(gateway_state)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="Repeat-safe key; wins over the body's."),
+]
+
+
+class SendMessageIn(BaseModel):
+    """One message to send; the sender defaults to WAQ_DEFAULT_PHONE_NUMBER_ID."""
+
+    phone_number_id: str | None = None
+    to: str = Field(description="Recipient with country code, e.g. +16505551234.")
+    message: Message = Field(description="A message in Meta's shape: {type, <type>: {...}}.")
+    idempotency_key: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class Accepted(BaseModel):
+    """A message was queued (or had been, for a repeated idempotency key)."""
+
+    id: str
+    status: str
+    status_url: str
+    created: bool
+
+
+class BatchIn(BaseModel):
+    """Many messages; each is answered on its own."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+class BatchItem(BaseModel):
+    """One item's answer: its id, or its error."""
+
+    index: int
+    id: str | None = None
+    status: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchOut(BaseModel):
+    """Per-item answers, in request order."""
+
+    accepted: int
+    rejected: int
+    results: list[BatchItem]
+
+
+class HealthCheckIn(BaseModel):
+    """Which number to check, and optionally where to send a test message."""
+
+    phone_number_id: str | None = None
+    to: str | None = Field(default=None, description="A customer who wrote in recently.")
+    text: str | None = Field(default=None, max_length=4096)
+
+
+class SandboxInboundIn(BaseModel):
+    """A simulated customer message (sandbox only)."""
+
+    from_: str = Field(alias="from")
+    text: str = "Hi"
+    phone_number_id: str | None = None
+
+
+def _sender(state: GatewayState, phone_number_id: str | None) -> str:
+    sender = phone_number_id or state.config.default_phone_number_id
+    if sender is None:
+        raise InvalidRequest(
+            [
+                FieldError(
+                    "phone_number_id",
+                    "missing",
+                    "give phone_number_id or set WAQ_DEFAULT_PHONE_NUMBER_ID",
+                )
+            ]
+        )
+    return sender
+
+
+def _request(data: dict[str, Any], *, prefix: str = "") -> SendRequest:
+    try:
+        return SendRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest.from_validation_error(exc, prefix=prefix) from None
+
+
+async def _enqueue(state: GatewayState, request: SendRequest) -> Accepted:
+    enqueued = await state.producer.enqueue(request)
+    return Accepted(
+        id=enqueued.message_id,
+        status=enqueued.state.value,
+        status_url=f"/v1/messages/{enqueued.message_id}",
+        created=enqueued.created,
+    )
+
+
+@router.post("/messages", status_code=202, summary="Send one message")
+async def send_message(
+    body: SendMessageIn, state: State, idempotency_key: IdempotencyKey = None
+) -> Accepted:
+    """Validate and queue one message; answers at once with its id and status URL."""
+    data = body.model_dump(mode="json", exclude_none=True)
+    data["phone_number_id"] = _sender(state, body.phone_number_id)
+    data["idempotency_key"] = idempotency_key or body.idempotency_key
+    return await _enqueue(state, _request(data))
+
+
+@router.post("/messages/batch", status_code=202, summary="Send many messages")
+async def send_batch(body: BatchIn, state: State) -> BatchOut:
+    """Queue each valid item; an invalid item is answered with its error and sinks nothing else."""
+    results: list[BatchItem] = []
+    valid: list[tuple[int, SendRequest]] = []
+    for index, item in enumerate(body.messages):
+        try:
+            data = {**item, "phone_number_id": _sender(state, item.get("phone_number_id"))}
+            valid.append((index, _request(data)))
+        except InvalidRequest as exc:
+            error = {"error": exc.code, "detail": exc.detail, "field": exc.field,
+                     "errors": [e.as_dict() for e in exc.errors]}  # fmt: skip
+            results.append(BatchItem(index=index, error=error))
+    enqueued = await state.producer.enqueue_many([request for _, request in valid]) if valid else []
+    results += [
+        BatchItem(index=index, id=e.message_id, status=e.state.value)
+        for (index, _), e in zip(valid, enqueued, strict=True)
+    ]
+    results.sort(key=lambda item: item.index)
+    return BatchOut(
+        accepted=len(enqueued), rejected=len(body.messages) - len(enqueued), results=results
+    )
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages", status_code=202, summary="Send into a conversation"
+)
+async def send_to_conversation(
+    conversation_id: str,
+    state: State,
+    body: Annotated[
+        dict[str, Any], Body(description='{"message": Meta-shaped or Kapso legacy body}')
+    ],
+    idempotency_key: IdempotencyKey = None,
+) -> Accepted:
+    """Send to the customer of a conversation; free-form only while the window is open."""
+    conversation = await state.conversations.get(conversation_id)
+    if conversation is None:
+        raise NotFound(
+            "conversation not found: the customer must message you first",
+            code="conversation_not_found",
+        )
+    message = body.get("message", body.get("whatsapp_message"))
+    if not isinstance(message, dict):
+        raise InvalidRequest([FieldError("message", "missing", "give a message object")])
+    if is_kapso_message(message):
+        message = kapso_to_meta(message)
+    try:
+        parsed = message_adapter.validate_python(message)
+    except ValidationError as exc:
+        raise InvalidRequest.from_validation_error(exc, prefix="message") from None
+    if not parsed.is_template and not conversation.window.open:
+        raise Conflict(
+            "the 24-hour window is closed: send an approved template (type=template) instead",
+            code="window_closed",
+        )
+    data = {
+        "phone_number_id": conversation.phone_number_id,
+        "to": conversation.customer,
+        "message": message,
+        "idempotency_key": idempotency_key or body.get("idempotency_key"),
+        "metadata": {**(body.get("metadata") or {}), "conversation_id": conversation_id},
+    }
+    return await _enqueue(state, _request(data))
+
+
+@router.get("/messages/{message_id}", summary="A message's state and history")
+async def get_message(message_id: str, state: State) -> MessageStatus:
+    """queued, sending, retrying, accepted, sent, delivered, read, or dead (with the error)."""
+    status = await state.statuses.get(message_id)
+    if status is None:
+        raise NotFound("no such message (or past its retention)", code="message_not_found")
+    return status
+
+
+@router.get("/conversations/{conversation_id}", summary="A conversation and its window")
+async def get_conversation(conversation_id: str, state: State) -> Conversation:
+    """Whether the window is open, when it closes, and the last inbound time."""
+    conversation = await state.conversations.get(conversation_id)
+    if conversation is None:
+        raise NotFound(
+            "conversation not found: the customer must message you first",
+            code="conversation_not_found",
+        )
+    return conversation
+
+
+@router.get("/conversations", summary="Find a conversation by its two numbers")
+async def find_conversation(
+    state: State,
+    customer: Annotated[str, Query(description="The customer's number, with country code.")],
+    phone_number_id: Annotated[str | None, Query(description="The business number's id.")] = None,
+) -> Conversation:
+    """Learn a conversation's id from the business number and the customer's number."""
+    try:
+        wa_id = wa_id_of(normalize_recipient(customer))
+    except ValueError as exc:
+        raise InvalidRequest([FieldError("customer", "phone_number", str(exc))]) from None
+    sender = _sender(state, phone_number_id)
+    conversation = await state.conversations.get(conversation_id_for(sender, wa_id))
+    if conversation is None:
+        raise NotFound(
+            "conversation not found: the customer must message you first",
+            code="conversation_not_found",
+        )
+    return conversation
+
+
+@router.post("/health-check", summary="Check a configuration end to end")
+async def health_check(body: HealthCheckIn, state: State) -> HealthReport:
+    """Redis, workers, the number's access and health, webhooks; optionally a test message."""
+    to = None
+    if body.to is not None:
+        try:
+            to = normalize_recipient(body.to)
+        except ValueError as exc:
+            raise InvalidRequest([FieldError("to", "phone_number", str(exc))]) from None
+    return await run_health_check(
+        state.redis,
+        state.producer,
+        phone_number_id=_sender(state, body.phone_number_id),
+        queue_name=state.config.queue_name,
+        to=to,
+        text=body.text,
+        timeout_s=state.config.health_timeout_s,
+    )
+
+
+@router.post("/sandbox/inbound", summary="Simulate a customer writing in (sandbox only)")
+async def sandbox_inbound(body: SandboxInboundIn, state: State) -> dict[str, Any]:
+    """Ask the sandbox to post a signed inbound webhook, which reaches this gateway like Meta's."""
+    base = state.config.graph_base_url.rstrip("/")
+    payload: dict[str, Any] = {"from": body.from_, "text": body.text}
+    sender = body.phone_number_id or state.config.default_phone_number_id
+    if sender:
+        payload["phone_number_id"] = sender
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{base}/_sandbox/inbound", json=payload)
+    except httpx.HTTPError:
+        response = None
+    if response is None or response.status_code == 404:
+        raise ApiError(
+            "WAQ_GRAPH_BASE_URL is not a waq sandbox", code="not_sandbox", status_code=404
+        )
+    if response.status_code != 200:
+        raise ApiError(response.text, code="sandbox_refused", status_code=422)
+    result: dict[str, Any] = response.json()
+    message = result["message"]
+    result["conversation_id"] = (
+        conversation_id_for(sender or "", message["from"]) if sender else None
+    )
+    return result

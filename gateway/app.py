@@ -1,0 +1,107 @@
+"""The gateway app: `/v1` for services, `/webhooks/whatsapp` for Meta, probes for ops."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from gateway.api import router
+from gateway.errors import ApiError, error_body, install_error_handlers
+from gateway.state import GatewayConfig, GatewayState, gateway_state
+from gateway.webhooks import verify_signature
+from producer import keys
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("waq.gateway")
+State = Annotated[GatewayState, Depends(gateway_state)]
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    """The gateway as an ASGI app; Redis is opened at startup and closed at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = GatewayState.connect(config)
+        app.state.gateway = state
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    app = FastAPI(
+        title="waq gateway",
+        version="0.1.0",
+        description="Send WhatsApp messages through waq's pipeline; receive Meta's webhooks.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.get("/webhooks/whatsapp", response_class=PlainTextResponse, tags=["webhooks"])
+    async def verify_webhook(
+        state: State,
+        mode: Annotated[str | None, Query(alias="hub.mode")] = None,
+        token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
+        challenge: Annotated[str | None, Query(alias="hub.challenge")] = None,
+    ) -> Response:
+        """Meta's subscription handshake: echo the challenge when the verify token matches."""
+        expected = state.config.verify_token
+        if mode != "subscribe" or expected is None or token is None or not _same(token, expected):
+            raise ApiError("verification failed", code="verification_failed", status_code=403)
+        await state.redis.hset(keys.WEBHOOK_SEEN, "verified_at", repr(time.time()))  # type: ignore[misc]
+        return PlainTextResponse(challenge or "")
+
+    @app.post("/webhooks/whatsapp", tags=["webhooks"])
+    async def receive_webhook(request: Request, state: State) -> dict[str, Any]:
+        """Meta's signed webhook: checked over the raw body, then applied once per item."""
+        raw = await request.body()
+        secret = state.config.app_secret
+        if secret is None:
+            raise ApiError(
+                "WAQ_APP_SECRET is not set; webhooks are refused",
+                code="webhooks_disabled",
+                status_code=403,
+            )
+        if not verify_signature(raw, request.headers.get("x-hub-signature-256"), secret):
+            log.warning("webhook.refused", reason="bad signature")
+            raise ApiError(
+                "missing or wrong X-Hub-Signature-256", code="invalid_signature", status_code=401
+            )
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise ApiError("body is not JSON", code="invalid_json", status_code=400) from None
+        if not isinstance(payload, dict):
+            raise ApiError("body is not a JSON object", code="invalid_json", status_code=400)
+        await state.redis.hset(keys.WEBHOOK_SEEN, "last_post_at", repr(time.time()))  # type: ignore[misc]
+        result = await state.webhooks.handle(payload)
+        return {"ok": True, **{k: getattr(result, k) for k in result.__slots__}}
+
+    @app.get("/healthz", tags=["probes"])
+    async def healthz() -> dict[str, bool]:
+        """The process is alive."""
+        return {"ok": True}
+
+    @app.get("/readyz", tags=["probes"])
+    async def readyz(state: State) -> Response:
+        """Redis answers: the gateway can take requests."""
+        try:
+            await state.redis.ping()
+        except Exception:  # whatever the failure, the answer is "not ready"
+            return JSONResponse(error_body("not_ready", "Redis is unreachable"), status_code=503)
+        return JSONResponse({"ok": True})
+
+    return app
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())

@@ -1,0 +1,95 @@
+"""Conversations: a (business number, customer) pair, created by the customer's first message.
+
+The id derives from the two numbers, so any service can compute it, and finding one by its
+numbers needs no index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from producer import keys
+from worker.windows import WINDOW_S, WindowStore
+
+__all__ = ["Conversation", "ConversationStore", "conversation_id_for"]
+
+
+def conversation_id_for(phone_number_id: str, wa_id: str) -> str:
+    """``c_`` + 24 hex digits of SHA-256 over the two numbers."""
+    return "c_" + hashlib.sha256(f"{phone_number_id}:{wa_id}".encode()).hexdigest()[:24]
+
+
+class Window(BaseModel):
+    """The customer service window as of now."""
+
+    open: bool
+    last_inbound_at: float | None
+    closes_at: float | None
+
+
+class Conversation(BaseModel):
+    """A conversation and its window."""
+
+    id: str
+    phone_number_id: str
+    wa_id: str
+    customer: str
+    profile_name: str | None = None
+    created_at: float
+    window: Window
+
+
+class ConversationStore:
+    """Creates conversations on inbound messages and reads them with their windows."""
+
+    def __init__(self, redis: Redis, windows: WindowStore) -> None:
+        self.redis = redis
+        self.windows = windows
+
+    async def touch(
+        self, phone_number_id: str, wa_id: str, *, at: float, profile_name: str | None
+    ) -> str:
+        """Create the conversation if new; return its id."""
+        conversation_id = conversation_id_for(phone_number_id, wa_id)
+        key = keys.conversation(conversation_id)
+        fields: dict[str, Any] = {"phone_number_id": phone_number_id, "wa_id": wa_id}
+        if profile_name:
+            fields["profile_name"] = profile_name
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "created_at", repr(time.time()))
+            pipe.hset(key, mapping=fields)
+            await pipe.execute()
+        return conversation_id
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        """A conversation with its window, or None if the customer never wrote in."""
+        raw = await self.redis.hgetall(keys.conversation(conversation_id))  # type: ignore[misc]
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        phone_number_id, wa_id = fields["phone_number_id"], fields["wa_id"]
+        last = await self.windows.last_inbound(phone_number_id, wa_id)
+        closes_at = last + WINDOW_S if last is not None else None
+        is_open = await self.windows.is_open(phone_number_id, wa_id) if last is not None else False
+        return Conversation(
+            id=conversation_id,
+            phone_number_id=phone_number_id,
+            wa_id=wa_id,
+            customer="+" + wa_id,
+            profile_name=fields.get("profile_name"),
+            created_at=float(fields.get("created_at", 0)),
+            window=Window(open=is_open, last_inbound_at=last, closes_at=closes_at),
+        )
+
+    async def find(self, phone_number_id: str, wa_id: str) -> Conversation | None:
+        """The conversation between two numbers, if the customer ever wrote in."""
+        return await self.get(conversation_id_for(phone_number_id, wa_id))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,105 @@
+"""The gateway's configuration and its per-process collaborators (built at startup)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, field
+
+from arq.connections import ArqRedis
+from fastapi import Header, Request
+from redis.asyncio import ConnectionPool
+
+from gateway.conversations import ConversationStore
+from gateway.errors import Unauthorized
+from gateway.webhooks import WebhookProcessor
+from producer import keys
+from producer.client import Producer, json_serializer
+from producer.status_store import StatusStore
+from worker.dead_letters import DeadLetterStore
+from worker.pauses import PauseStore
+from worker.windows import WindowStore
+
+__all__ = ["GatewayConfig", "GatewayState", "gateway_state", "require_api_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything the gateway needs, from the settings (or a test)."""
+
+    redis_url: str
+    api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+    app_secret: str | None = None
+    verify_token: str | None = None
+    default_phone_number_id: str | None = None
+    queue_name: str = keys.DEFAULT_QUEUE
+    retention_s: int = 7 * 24 * 3600
+    window_margin_s: float = 60.0
+    graph_base_url: str = "https://graph.facebook.com"
+    health_timeout_s: float = 15.0
+
+
+@dataclass(slots=True)
+class GatewayState:
+    """One Redis pool and the stores over it, shared by every request of the process."""
+
+    config: GatewayConfig
+    redis: ArqRedis
+    producer: Producer = field(init=False)
+    statuses: StatusStore = field(init=False)
+    windows: WindowStore = field(init=False)
+    conversations: ConversationStore = field(init=False)
+    dead_letters: DeadLetterStore = field(init=False)
+    webhooks: WebhookProcessor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.producer = Producer(
+            self.redis, queue_name=self.config.queue_name, retention_s=self.config.retention_s
+        )
+        self.statuses = self.producer.statuses
+        self.windows = WindowStore(self.redis, margin_s=self.config.window_margin_s)
+        self.conversations = ConversationStore(self.redis, self.windows)
+        self.dead_letters = DeadLetterStore(self.redis, self.statuses)
+        self.webhooks = WebhookProcessor(
+            self.redis,
+            statuses=self.statuses,
+            windows=self.windows,
+            conversations=self.conversations,
+            dead_letters=self.dead_letters,
+            pauses=PauseStore(self.redis),
+        )
+
+    @classmethod
+    def connect(cls, config: GatewayConfig) -> GatewayState:
+        """Open the Redis pool (arq's client, so the health job's result can be awaited)."""
+        pool = ConnectionPool.from_url(config.redis_url)
+        redis = ArqRedis(
+            connection_pool=pool,
+            job_serializer=json_serializer,
+            job_deserializer=json.loads,
+            default_queue_name=config.queue_name,
+        )
+        return cls(config=config, redis=redis)
+
+    async def aclose(self) -> None:
+        """Close the Redis pool (given explicitly, so redis-py would leave it open)."""
+        await self.redis.aclose(close_connection_pool=True)
+
+
+def gateway_state(request: Request) -> GatewayState:
+    """The process's state (a FastAPI dependency)."""
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+def _key_matches(given: str | None, keys_: tuple[str, ...]) -> bool:
+    # Compare against every key in constant time, so timing does not reveal a prefix.
+    return given is not None and any(hmac.compare_digest(given.encode(), k.encode()) for k in keys_)
+
+
+def require_api_key(request: Request, x_api_key: str | None = Header(default=None)) -> None:
+    """Refuse a request without a configured API key (admin keys are accepted too)."""
+    config = gateway_state(request).config
+    if not _key_matches(x_api_key, config.api_keys + config.admin_keys):
+        raise Unauthorized("missing or unknown X-API-Key", code="unauthorized", field="X-API-Key")

@@ -1,0 +1,212 @@
+"""Meta's webhooks, applied: inbound messages open windows and reach agents; statuses move messages.
+
+Meta delivers at least once, late and out of order: each item is applied once (a marker per
+inbound message id and per wamid+status), and status transitions only move forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+from redis.asyncio import Redis
+
+from gateway.conversations import ConversationStore
+from producer import keys
+from producer.status import MessageState, MessageStatus
+from producer.status_store import StatusStore
+from worker.dead_letters import DeadLetter, DeadLetterStore
+from worker.error_table import Action, rule_for
+from worker.pauses import PauseStore
+from worker.windows import WindowStore
+
+__all__ = ["WebhookProcessor", "WebhookResult", "verify_signature"]
+
+log = structlog.get_logger("waq.gateway")
+
+_DEDUPE_TTL_S: Final = 8 * 24 * 3600  # Meta retries a webhook for up to 7 days
+_STREAM_MAXLEN: Final = 100_000
+_STATUS_STATES: Final = {
+    "sent": MessageState.SENT,
+    "delivered": MessageState.DELIVERED,
+    "read": MessageState.READ,
+    "played": MessageState.READ,
+}
+
+
+def verify_signature(body: bytes, header: str | None, app_secret: str) -> bool:
+    """``X-Hub-Signature-256`` against the raw body, in constant time."""
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header)
+
+
+@dataclass(slots=True)
+class WebhookResult:
+    """What one webhook delivery changed."""
+
+    inbound: int = 0
+    statuses: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+
+
+class WebhookProcessor:
+    """Applies a verified webhook payload to windows, conversations, statuses and dead letters."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        statuses: StatusStore,
+        windows: WindowStore,
+        conversations: ConversationStore,
+        dead_letters: DeadLetterStore,
+        pauses: PauseStore,
+    ) -> None:
+        self.redis = redis
+        self.statuses = statuses
+        self.windows = windows
+        self.conversations = conversations
+        self.dead_letters = dead_letters
+        self.pauses = pauses
+
+    async def handle(self, payload: dict[str, Any]) -> WebhookResult:
+        """Apply every message and status in the payload; ignore fields waq does not use."""
+        result = WebhookResult()
+        for entry in payload.get("entry") or []:
+            for change in entry.get("changes") or []:
+                value = change.get("value") or {}
+                if change.get("field") != "messages" or not isinstance(value, dict):
+                    continue
+                phone_number_id = str((value.get("metadata") or {}).get("phone_number_id", ""))
+                names = {
+                    c.get("wa_id"): (c.get("profile") or {}).get("name")
+                    for c in value.get("contacts") or []
+                }
+                for message in value.get("messages") or []:
+                    await self._inbound(
+                        phone_number_id, message, names.get(message.get("from")), result
+                    )
+                for status in value.get("statuses") or []:
+                    await self._status(phone_number_id, status, result)
+        return result
+
+    async def _first_time(self, kind: str, item_id: str) -> bool:
+        marker = keys.webhook_delivery(kind, item_id)
+        return bool(await self.redis.set(marker, "1", nx=True, ex=_DEDUPE_TTL_S))
+
+    async def _inbound(
+        self,
+        phone_number_id: str,
+        message: dict[str, Any],
+        profile_name: str | None,
+        result: WebhookResult,
+    ) -> None:
+        wa_id, message_id = message.get("from"), message.get("id")
+        if not wa_id or not message_id or not phone_number_id:
+            result.unknown += 1
+            return
+        if not await self._first_time("message", str(message_id)):
+            result.duplicates += 1
+            return
+        at = float(message.get("timestamp") or 0)
+        await self.windows.record_inbound(phone_number_id, str(wa_id), at)
+        conversation_id = await self.conversations.touch(
+            phone_number_id, str(wa_id), at=at, profile_name=profile_name
+        )
+        await self.redis.xadd(
+            keys.INBOUND_STREAM,
+            {
+                "conversation_id": conversation_id,
+                "phone_number_id": phone_number_id,
+                "wa_id": str(wa_id),
+                "message": json.dumps(message),
+            },
+            maxlen=_STREAM_MAXLEN,
+            approximate=True,
+        )
+        result.inbound += 1
+        log.info("webhook.inbound", conversation_id=conversation_id, wa_id=str(wa_id))
+
+    async def _status(
+        self, phone_number_id: str, status: dict[str, Any], result: WebhookResult
+    ) -> None:
+        wamid, state_name = status.get("id"), status.get("status")
+        if not wamid or not state_name:
+            result.unknown += 1
+            return
+        message_id = status.get(
+            "biz_opaque_callback_data"
+        ) or await self.statuses.message_id_for_wamid(wamid)
+        current = await self.statuses.get(message_id) if message_id else None
+        if message_id is None or current is None:
+            result.unknown += 1  # not sent by waq, or past retention
+            return
+        if not await self._first_time("status", f"{wamid}:{state_name}"):
+            result.duplicates += 1
+            return
+        at = float(status.get("timestamp") or 0) or None
+        if state_name == "failed":
+            await self._failed(message_id, phone_number_id, status, current, result)
+            return
+        state = _STATUS_STATES.get(str(state_name))
+        if state is None:
+            result.unknown += 1
+            return
+        await self.statuses.record(message_id, state, wamid=wamid, at=at)
+        result.statuses += 1
+
+    async def _failed(
+        self,
+        message_id: str,
+        phone_number_id: str,
+        status: dict[str, Any],
+        current: MessageStatus,
+        result: WebhookResult,
+    ) -> None:
+        errors = status.get("errors") or [{}]
+        error = errors[0]
+        code = error.get("code")
+        rule = rule_for(int(code) if isinstance(code, int) else 0, http_status=400)
+        if rule.action is Action.PAUSE:
+            await self.pauses.pause(phone_number_id, reason=rule.hint, code=code)
+            log.error("alert.number_paused", reason=rule.hint, code=code, source="webhook")
+        details = (error.get("error_data") or {}).get("details")
+        final_error = {
+            "code": code,
+            "title": error.get("title"),
+            "details": details,
+            "http_status": None,
+            "source": "status webhook",
+            "wamid": status.get("id"),
+        }
+        hint = rule.hint
+        if rule.action is Action.RETRY:
+            hint = f"Meta failed it after accepting it: {hint}"
+        letter = DeadLetter(
+            id=message_id,
+            phone_number_id=phone_number_id,
+            to=current.to,
+            type=current.type,
+            request=await self.statuses.request(message_id) or {},
+            error=final_error,
+            hint=hint,
+            suggestion=rule.suggestion,
+            attempts=current.history,
+            metadata=current.metadata,
+            created_at=current.created_at,
+            dead_at=time.time(),
+        )
+        await self.dead_letters.add(letter)
+        result.dead_letters += 1
+        log.warning(
+            "webhook.failed", message_id=message_id, code=code, suggestion=rule.suggestion.value
+        )
