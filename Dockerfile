@@ -1,5 +1,11 @@
 FROM python:3.11-slim
 WORKDIR /app
-COPY . .
-RUN pip install --no-cache-dir .
+COPY pyproject.toml README.md ./
+COPY producer producer
+COPY worker worker
+COPY gateway gateway
+COPY sandbox sandbox
+COPY waq waq
+RUN pip install --no-cache-dir . && useradd --create-home waq
+USER waq
 CMD ["waq", "--help"]

@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import time
-from collections.abc import Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
+import uvicorn
 from pydantic import SecretStr
-from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from producer.status_store import StatusStore
-from sandbox import SandboxConfig, SandboxServer, WindowErrors
+from gateway import GatewayConfig, GatewayState, HealthReport, create_app, run_health_check
+from producer.recipient import normalize_recipient
+from sandbox import (
+    DEFAULT_PHONE_NUMBER_ID,
+    BackgroundServer,
+    SandboxConfig,
+    SandboxServer,
+    WindowErrors,
+)
 from waq.demo import run_demo
 from waq.embedded import redis_for
+from waq.ops import dlq, pause, resume
 from waq.settings import Settings
-from worker.dead_letters import DeadLetter, DeadLetterStore
 from worker.delivery import DeliveryConfig
-from worker.logs import configure_logging, shorten_phone
-from worker.pauses import PauseStore
+from worker.logs import configure_logging
 from worker.runner import WorkerConfig, create_worker
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="waq",
@@ -128,149 +128,118 @@ def demo() -> None:
 
 
 @app.command()
-def dev(
-    port: Annotated[int, typer.Option(help="Sandbox port.")] = 8090,
+def gateway(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:
-    """Start Valkey, the sandbox and a worker, and keep them running for local work."""
+    """Serve the HTTP gateway: send API, Meta's webhooks, status, health check."""
     settings = Settings()
     _configure(settings)
-    with redis_for(settings) as redis_url, SandboxServer(SandboxConfig(), port=port) as server:
-        typer.echo(f"export WAQ_REDIS_URL={redis_url} WAQ_GRAPH_BASE_URL={server.url}")
-        typer.echo("sandbox token: sandbox-token; Ctrl-C to stop")
-        config = _worker_config(
-            settings.model_copy(update={"access_token": SecretStr(SandboxConfig().access_token)}),
-            redis_url,
-            graph_base_url=server.url,
-        )
-        create_worker(config).run()
+    uvicorn.run(
+        create_app(gateway_config(settings)),
+        host=host,
+        port=port,
+        access_log=False,
+        log_config=None,
+    )
 
 
-dlq = typer.Typer(help="Read the dead-letter queue.", no_args_is_help=True)
-app.add_typer(dlq, name="dlq")
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run an operator command; an unreachable Redis is a sentence, not a stack trace."""
-    try:
-        return asyncio.run(coro)
-    except RedisConnectionError as exc:
-        typer.echo(f"error: cannot reach Redis (WAQ_REDIS_URL): {exc}", err=True)
-        raise typer.Exit(3) from None
-
-
-def _redis(settings: Settings) -> Redis:
-    redis: Redis = Redis.from_url(str(settings.redis_url))
-    return redis
-
-
-@dlq.command("list")
-def dlq_list(
-    code: Annotated[str | None, typer.Option(help="Only this error code, e.g. 131047.")] = None,
-    suggestion: Annotated[
-        str | None, typer.Option(help="Only this suggestion, e.g. send_template.")
+@app.command()
+def health(
+    phone_number_id: Annotated[
+        str | None, typer.Option(help="Number to check (default: WAQ_DEFAULT_PHONE_NUMBER_ID).")
     ] = None,
-    phone_number_id: Annotated[str | None, typer.Option(help="Only this sender.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    to: Annotated[str | None, typer.Option(help="Send a test message to this customer.")] = None,
+    text: Annotated[str, typer.Option(help="The test message's text.")] = "waq health check",
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
 ) -> None:
-    """List dead letters, newest first."""
+    """Check a configuration end to end; exit 0 healthy, 1 degraded, 2 unhealthy."""
+    settings = Settings()
+    _configure(settings, level="WARNING")
+    sender = phone_number_id or settings.default_phone_number_id
+    if sender is None:
+        typer.echo("error: give --phone-number-id or set WAQ_DEFAULT_PHONE_NUMBER_ID", err=True)
+        raise typer.Exit(2)
 
-    async def run() -> list[DeadLetter]:
-        redis = _redis(Settings())
+    async def run() -> HealthReport:
+        state = GatewayState.connect(gateway_config(settings))
         try:
-            store = DeadLetterStore(
-                redis, StatusStore(redis, retention_s=Settings().status_retention_s)
-            )
-            return await store.list(
-                limit=limit, code=code, suggestion=suggestion, phone_number_id=phone_number_id
+            return await run_health_check(
+                state.redis,
+                state.producer,
+                phone_number_id=sender,
+                queue_name=settings.queue_name,
+                to=normalize_recipient(to) if to else None,
+                text=text,
             )
         finally:
-            await redis.aclose()
+            await state.aclose()
 
-    letters = _run(run())
+    report = asyncio.run(run())
     if as_json:
-        for letter in letters:
-            typer.echo(letter.model_dump_json())
-        return
-    typer.echo(f"{'id':<35} {'to':<11} {'type':<11} {'code':<8} {'suggestion':<15} hint")
-    for letter in letters:
-        typer.echo(
-            f"{letter.id:<35} {shorten_phone(letter.to):<11} {letter.type:<11} {letter.code!s:<8} "
-            f"{letter.suggestion.value:<15} {letter.hint}"
-        )
-
-
-@dlq.command("show")
-def dlq_show(
-    message_id: Annotated[str, typer.Argument(help="The dead letter's message id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
-) -> None:
-    """Show one dead letter: request, attempts, final error, hint."""
-
-    async def run() -> DeadLetter | None:
-        redis = _redis(Settings())
-        try:
-            return await DeadLetterStore(redis, StatusStore(redis, retention_s=60)).get(message_id)
-        finally:
-            await redis.aclose()
-
-    letter = _run(run())
-    if letter is None:
-        typer.echo(f"error: no dead letter {message_id}", err=True)
-        raise typer.Exit(1)
-    typer.echo(letter.model_dump_json(indent=2) if as_json else _describe(letter))
-
-
-def _describe(letter: DeadLetter) -> str:
-    lines = [
-        f"message    {letter.id}",
-        f"from/to    {letter.phone_number_id} -> {letter.to} ({letter.type})",
-        f"error      {letter.code}: {letter.error.get('title')}",
-        f"details    {letter.error.get('details') or '-'}",
-        f"suggestion {letter.suggestion.value}: {letter.hint}",
-        "attempts:",
-    ]
-    lines += [
-        f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e.at))}Z {e.state.value:<9} "
-        f"{e.detail or ''}"
-        for e in letter.attempts
-    ]
-    lines.append("request:\n" + json.dumps(letter.request, indent=2))
-    return "\n".join(lines)
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        typer.echo(f"{report.status.value.upper()}  phone number {report.phone_number_id}")
+        for name, check in report.checks.items():
+            mark = "ok  " if check.passed else ("FAIL" if check.critical else "warn")
+            typer.echo(f"  {mark} {name:<20} {check.error or ''}")
+        if report.test_message is not None:
+            test = report.test_message
+            typer.echo(f"  test message {test.message_id}: {test.state} - {test.reason}")
+    raise typer.Exit({"healthy": 0, "degraded": 1}.get(report.status.value, 2))
 
 
 @app.command()
-def pause(
-    phone_number_id: Annotated[str, typer.Argument(help="The business number's Graph id.")],
-    reason: Annotated[
-        str, typer.Option(help="Why, for the other operators.")
-    ] = "paused by an operator",
+def dev(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8080,
+    sandbox_port: Annotated[int, typer.Option(help="Sandbox port.")] = 8090,
 ) -> None:
-    """Stop sending from a number; its messages wait (nothing is dead-lettered)."""
-
-    async def run() -> bool:
-        redis = _redis(Settings())
-        try:
-            return await PauseStore(redis).pause(
-                phone_number_id, reason=reason, code=None, by="operator"
+    """Start Valkey, the sandbox, the gateway and a worker, wired like production; Ctrl-C stops."""
+    sandbox_config = SandboxConfig()
+    gateway_url = f"http://127.0.0.1:{port}"
+    sandbox_config.webhook_url = f"{gateway_url}/webhooks/whatsapp"
+    settings = Settings().model_copy(
+        update={
+            "access_token": SecretStr(sandbox_config.access_token),
+            "app_secret": SecretStr(sandbox_config.app_secret),
+            "verify_token": SecretStr("dev-verify-token"),
+            "api_keys": [SecretStr("dev-key")],
+            "default_phone_number_id": DEFAULT_PHONE_NUMBER_ID,
+        }
+    )
+    _configure(settings)
+    with (
+        redis_for(settings) as redis_url,
+        SandboxServer(sandbox_config, port=sandbox_port) as fake_meta,
+    ):
+        settings = settings.model_copy(update={"graph_base_url": fake_meta.url})
+        config = dataclasses.replace(gateway_config(settings), redis_url=redis_url)
+        with BackgroundServer(create_app(config), port=port):
+            typer.echo(f"gateway {gateway_url} (X-API-Key: dev-key), sandbox {fake_meta.url}")
+            typer.echo(f"export WAQ_REDIS_URL={redis_url}")
+            typer.echo(
+                f"try: curl -s -X POST {gateway_url}/v1/sandbox/inbound -H 'X-API-Key: dev-key' "
+                "-H 'Content-Type: application/json' -d '{\"from\": \"+16505551234\"}'"
             )
-        finally:
-            await redis.aclose()
-
-    typer.echo(f"{phone_number_id}: {'paused' if _run(run()) else 'was already paused'}")
+            create_worker(_worker_config(settings, redis_url)).run()
 
 
-@app.command()
-def resume(
-    phone_number_id: Annotated[str, typer.Argument(help="The business number's Graph id.")],
-) -> None:
-    """Resume sending from a paused number."""
+def gateway_config(settings: Settings) -> GatewayConfig:
+    """The gateway's config from the settings."""
+    return GatewayConfig(
+        redis_url=str(settings.redis_url),
+        api_keys=tuple(k.get_secret_value() for k in settings.api_keys),
+        admin_keys=tuple(k.get_secret_value() for k in settings.admin_keys),
+        app_secret=settings.app_secret.get_secret_value() if settings.app_secret else None,
+        verify_token=settings.verify_token.get_secret_value() if settings.verify_token else None,
+        default_phone_number_id=settings.default_phone_number_id,
+        queue_name=settings.queue_name,
+        retention_s=settings.status_retention_s,
+        window_margin_s=settings.window_margin_s,
+        graph_base_url=settings.graph_base_url,
+    )
 
-    async def run() -> bool:
-        redis = _redis(Settings())
-        try:
-            return await PauseStore(redis).resume(phone_number_id)
-        finally:
-            await redis.aclose()
 
-    typer.echo(f"{phone_number_id}: {'resumed' if _run(run()) else 'was not paused'}")
+app.add_typer(dlq, name="dlq")
+app.command()(pause)
+app.command()(resume)

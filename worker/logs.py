@@ -90,3 +90,6 @@ def configure_logging(
     root.setLevel(level)
     # httpx logs every request line at INFO; the outcome line per job says more.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # arq logs each job's arguments at INFO, and ours hold recipients and message text,
+    # which the masker cannot find inside a formatted string. waq's own lines replace them.
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
