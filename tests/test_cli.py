@@ -1,0 +1,124 @@
+"""Operator commands against a real Redis: dead letters, pause and resume, health's refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from typer.testing import CliRunner
+
+from producer.status import MessageState, StatusEvent
+from producer.status_store import StatusStore
+from waq.cli import app
+from worker.dead_letters import DeadLetter, DeadLetterStore
+from worker.error_table import Suggestion
+from worker.pauses import PauseStore
+
+PNID = "106540352242922"
+
+
+@pytest.fixture
+def env(redis_url: str) -> dict[str, str]:
+    """The CLI's environment, on an emptied server."""
+    SyncRedis.from_url(redis_url).flushall()
+    return {"WAQ_REDIS_URL": redis_url, "WAQ_LOG_FORMAT": "console"}
+
+
+def add_dead_letter(redis_url: str, message_id: str, code: int, suggestion: Suggestion) -> None:
+    async def run() -> None:
+        redis = Redis.from_url(redis_url)
+        store = DeadLetterStore(redis, StatusStore(redis, retention_s=60))
+        now = time.time()
+        await store.add(
+            DeadLetter(
+                id=message_id,
+                phone_number_id=PNID,
+                to="+16505551234",
+                type="text",
+                request={"to": "+16505551234", "message": {"type": "text", "text": {"body": "hi"}}},
+                error={
+                    "code": code,
+                    "title": "Re-engagement message",
+                    "details": "24 hours passed",
+                },
+                hint="send an approved template instead",
+                suggestion=suggestion,
+                attempts=[StatusEvent(at=now, state=MessageState.QUEUED)],
+                created_at=now,
+                dead_at=now,
+            )
+        )
+        await redis.aclose()
+
+    asyncio.run(run())
+
+
+def test_dlq_list_filters_and_json(env: dict[str, str], redis_url: str) -> None:
+    """list shows entries as a table or JSON lines, filtered by code."""
+    add_dead_letter(redis_url, "m_1", 131047, Suggestion.SEND_TEMPLATE)
+    add_dead_letter(redis_url, "m_2", 131026, Suggestion.FIX_RECIPIENT)
+    runner = CliRunner()
+    table = runner.invoke(app, ["dlq", "list"], env=env)
+    assert table.exit_code == 0
+    assert "m_1" in table.output
+    assert "m_2" in table.output
+    assert "+16505551234" not in table.output  # numbers are shortened
+    only = runner.invoke(app, ["dlq", "list", "--code", "131047", "--json"], env=env)
+    lines = [json.loads(line) for line in only.output.splitlines()]
+    assert [entry["id"] for entry in lines] == ["m_1"]
+    assert lines[0]["suggestion"] == "send_template"
+
+
+def test_dlq_show(env: dict[str, str], redis_url: str) -> None:
+    """show prints the error, hint, attempts and request; an unknown id is exit 1."""
+    add_dead_letter(redis_url, "m_1", 131047, Suggestion.SEND_TEMPLATE)
+    shown = CliRunner().invoke(app, ["dlq", "show", "m_1"], env=env)
+    assert shown.exit_code == 0
+    assert "131047" in shown.output
+    assert "send_template" in shown.output
+    assert '"body": "hi"' in shown.output
+    missing = CliRunner().invoke(app, ["dlq", "show", "m_nope"], env=env)
+    assert missing.exit_code == 1
+    assert "no dead letter m_nope" in missing.output
+
+
+def test_pause_and_resume(env: dict[str, str], redis_url: str) -> None:
+    """pause records an operator pause with its reason; resume lifts it; repeats say so."""
+    runner = CliRunner()
+    assert "paused" in runner.invoke(app, ["pause", PNID, "--reason", "migration"], env=env).output
+    assert "already paused" in runner.invoke(app, ["pause", PNID], env=env).output
+
+    async def read() -> object:
+        redis = Redis.from_url(redis_url)
+        try:
+            return await PauseStore(redis).get(PNID)
+        finally:
+            await redis.aclose()
+
+    pause = asyncio.run(read())
+    assert pause is not None
+    assert getattr(pause, "reason", None) == "migration"
+    assert getattr(pause, "by", None) == "operator"
+    assert "resumed" in runner.invoke(app, ["resume", PNID], env=env).output
+    assert "was not paused" in runner.invoke(app, ["resume", PNID], env=env).output
+
+
+def test_unreachable_redis_is_one_line(env: dict[str, str]) -> None:
+    """No Redis: exit 3 and a sentence, no stack trace."""
+    result = CliRunner().invoke(
+        app, ["dlq", "list"], env={**env, "WAQ_REDIS_URL": "redis://127.0.0.1:1/0"}
+    )
+    assert result.exit_code == 3
+    assert "cannot reach Redis" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_health_needs_a_number(env: dict[str, str]) -> None:
+    """Without a phone number id the health command says what to give."""
+    result = CliRunner().invoke(app, ["health"], env={**env, "WAQ_DEFAULT_PHONE_NUMBER_ID": ""})
+    assert result.exit_code == 2
+    assert "--phone-number-id" in result.output
