@@ -14,7 +14,7 @@ from gateway.health import HealthReport, run_health_check
 from gateway.kapso import is_kapso_message, kapso_to_meta
 from gateway.state import GatewayState, gateway_state, require_api_key
 from producer.errors import FieldError, InvalidRequest
-from producer.messages import Message, message_adapter
+from producer.messages import Message
 from producer.recipient import normalize_recipient, wa_id_of
 from producer.request import SendRequest
 from producer.status import MessageStatus
@@ -177,23 +177,21 @@ async def send_to_conversation(
         raise InvalidRequest([FieldError("message", "missing", "give a message object")])
     if is_kapso_message(message):
         message = kapso_to_meta(message)
-    try:
-        parsed = message_adapter.validate_python(message)
-    except ValidationError as exc:
-        raise InvalidRequest.from_validation_error(exc, prefix="message") from None
-    if not parsed.is_template and not conversation.window.open:
+    request = _request(
+        {
+            "phone_number_id": conversation.phone_number_id,
+            "to": conversation.customer,
+            "message": message,
+            "idempotency_key": idempotency_key or body.get("idempotency_key"),
+            "metadata": {**(body.get("metadata") or {}), "conversation_id": conversation_id},
+        }
+    )
+    if not request.message.is_template and not conversation.window.open:
         raise Conflict(
             "the 24-hour window is closed: send an approved template (type=template) instead",
             code="window_closed",
         )
-    data = {
-        "phone_number_id": conversation.phone_number_id,
-        "to": conversation.customer,
-        "message": message,
-        "idempotency_key": idempotency_key or body.get("idempotency_key"),
-        "metadata": {**(body.get("metadata") or {}), "conversation_id": conversation_id},
-    }
-    return await _enqueue(state, _request(data))
+    return await _enqueue(state, request)
 
 
 @router.get("/messages/{message_id}", summary="A message's state and history")
