@@ -25,8 +25,9 @@ __all__ = ["SEND_FUNCTION", "Enqueued", "Producer", "message_id_for"]
 SEND_FUNCTION: Final = "send_message"
 """The worker function's name: jobs are enqueued by name, so producers need no worker code."""
 
-# Creates the status record and the arq job together, or nothing when the message id
-# already has a record (an idempotent repeat). A script rather than arq's enqueue_job
+# Creates the status record and the arq job together, and appends the message to its
+# conversation's order list, or does nothing when the message id already has a record
+# (an idempotent repeat). A script rather than arq's enqueue_job
 # because arq's WATCH/MULTI takes three round trips and cannot write our record atomically;
 # the job it writes is arq's own format (serialize_job), so arq's worker runs it unchanged.
 _ENQUEUE: Final = """
@@ -38,6 +39,8 @@ redis.call('RPUSH', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[6])
+redis.call('RPUSH', KEYS[5], ARGV[6])
+redis.call('EXPIRE', KEYS[5], ARGV[4])
 return false
 """
 
@@ -132,6 +135,7 @@ class Producer:
                         keys.message_history(message_id),
                         keys.ARQ_JOB_PREFIX + message_id,
                         self.queue_name,
+                        keys.order(request.phone_number_id, request.wa_id),
                     ],
                     args=[
                         job_payload(message_id, payload),

@@ -76,3 +76,27 @@ def conversation(conversation_id: str) -> str:
 def webhook_delivery(kind: str, item_id: str) -> str:
     """string, marks one webhook item (inbound message id, or wamid:status) as handled; 8 days."""
     return f"waq:webhook:{kind}:{item_id}"
+
+
+RATE_LIMITS: Final = "waq:rate:mps"
+"""hash, phone_number_id -> configured messages per second (absent: the default); no TTL."""
+
+
+def order(phone_number_id: str, wa_id: str) -> str:
+    """list, the conversation's unfinished message ids in enqueue order; TTL = retention, s."""
+    return f"waq:order:{phone_number_id}:{wa_id}"
+
+
+def number_rate(phone_number_id: str) -> str:
+    """string, GCRA theoretical arrival time (unix s) of the number's next slot; short TTL."""
+    return f"waq:rate:number:{phone_number_id}"
+
+
+def pair_rate(phone_number_id: str, wa_id: str) -> str:
+    """string, GCRA theoretical arrival time (unix s) of the pair's next slot; short TTL."""
+    return f"waq:rate:pair:{phone_number_id}:{wa_id}"
+
+
+def slowdown(scope: str) -> str:
+    """hash, {factor, at}: a rate divisor after Meta throttled ``scope`` (a number or "app")."""
+    return f"waq:rate:slowdown:{scope}"

@@ -21,9 +21,10 @@ from sandbox import (
 )
 from waq.demo import run_demo
 from waq.embedded import redis_for
-from waq.ops import dlq, pause, resume
+from waq.ops import dlq, limits, pause, resume
 from waq.settings import Settings
 from worker.delivery import DeliveryConfig
+from worker.limits import RateConfig
 from worker.logs import configure_logging
 from worker.runner import WorkerConfig, create_worker
 
@@ -104,6 +105,13 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
             backoff_base_s=settings.backoff_base_s,
             backoff_cap_s=settings.backoff_cap_s,
             pause_check_s=settings.pause_check_s,
+        ),
+        limits=RateConfig(
+            default_mps=settings.default_mps,
+            pair_interval_s=settings.pair_interval_s,
+            pair_burst=settings.pair_burst,
+            safety=settings.rate_safety,
+            recover_s=settings.throttle_recover_s,
         ),
     )
     return dataclasses.replace(config, **overrides)
@@ -241,5 +249,6 @@ def gateway_config(settings: Settings) -> GatewayConfig:
 
 
 app.add_typer(dlq, name="dlq")
+app.add_typer(limits, name="limits")
 app.command()(pause)
 app.command()(resume)

@@ -15,10 +15,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from producer.status_store import StatusStore
 from waq.settings import Settings
 from worker.dead_letters import DeadLetter, DeadLetterStore
+from worker.limits import RateConfig, RateLimiter
 from worker.logs import shorten_phone
 from worker.pauses import PauseStore
 
-__all__ = ["dlq", "pause", "resume"]
+__all__ = ["dlq", "limits", "pause", "resume"]
 
 T = TypeVar("T")
 
@@ -148,3 +149,56 @@ def resume(
             await redis.aclose()
 
     typer.echo(f"{phone_number_id}: {'resumed' if _run(run()) else 'was not paused'}")
+
+
+limits = typer.Typer(
+    help="Per-number throughput limits, shared by every worker.", no_args_is_help=True
+)
+
+
+@limits.command("set")
+def limits_set(
+    phone_number_id: Annotated[str, typer.Argument(help="The business number's Graph id.")],
+    mps: Annotated[
+        float | None, typer.Option(help="Messages per second (Meta: 80, up to 1,000).")
+    ] = None,
+    default: Annotated[bool, typer.Option("--default", help="Back to WAQ_DEFAULT_MPS.")] = False,
+) -> None:
+    """Set a number's throughput; workers pick it up on their next send."""
+    if (mps is None) == (not default):
+        typer.echo("error: give --mps N or --default", err=True)
+        raise typer.Exit(2)
+    if mps is not None and mps <= 0:
+        typer.echo("error: --mps must be positive", err=True)
+        raise typer.Exit(2)
+    settings = Settings()
+
+    async def run() -> float:
+        redis = _redis(settings)
+        try:
+            limiter = RateLimiter(redis, RateConfig(default_mps=settings.default_mps))
+            await limiter.set_mps(phone_number_id, mps)
+            return await limiter.mps(phone_number_id)
+        finally:
+            await redis.aclose()
+
+    typer.echo(f"{phone_number_id}: {_run(run()):g} messages per second")
+
+
+@limits.command("show")
+def limits_show(
+    phone_number_id: Annotated[str, typer.Argument(help="The business number's Graph id.")],
+) -> None:
+    """Show a number's configured throughput."""
+    settings = Settings()
+
+    async def run() -> float:
+        redis = _redis(settings)
+        try:
+            return await RateLimiter(redis, RateConfig(default_mps=settings.default_mps)).mps(
+                phone_number_id
+            )
+        finally:
+            await redis.aclose()
+
+    typer.echo(f"{phone_number_id}: {_run(run()):g} messages per second")

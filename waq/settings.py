@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     health_probe_s: int = Field(
         default=60, ge=5, description="How often workers probe paused numbers' health."
     )
+    default_mps: float = Field(
+        default=80.0, gt=0, description="Messages per second per number, unless set by waq limits."
+    )
+    pair_interval_s: float = Field(
+        default=6.0, gt=0, description="Seconds between messages to one customer (Meta: 6)."
+    )
+    pair_burst: int = Field(
+        default=45, ge=1, description="Messages to one customer at once before spacing (Meta: 45)."
+    )
+    rate_safety: float = Field(
+        default=0.02, ge=0, lt=0.5, description="Fraction below each number's limit waq aims at."
+    )
+    throttle_recover_s: float = Field(
+        default=60.0, gt=0, description="Seconds for a rate slowed by Meta to recover fully."
+    )
     worker_concurrency: int = Field(
         default=50, ge=1, description="Sends one worker process runs at once (arq max_jobs)."
     )

@@ -6,9 +6,10 @@ collaborators passed in, so it is tested against real Redis and the sandbox with
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from arq.worker import Retry
@@ -19,9 +20,11 @@ from producer.status import FINAL_STATES, MessageState, MessageStatus, StatusEve
 from producer.status_store import StatusStore
 from worker.backoff import backoff_s, pair_backoff_s
 from worker.dead_letters import DeadLetter, DeadLetterStore
-from worker.error_table import Action, ErrorRule, Schedule, Suggestion, rule_for
+from worker.error_table import Action, ErrorRule, Schedule, Suggestion, Throttle, rule_for
 from worker.errors import GraphError, GraphTransportError
 from worker.graph import GraphClient
+from worker.limits import APP_SCOPE, RateLimiter
+from worker.ordering import ConversationOrder
 from worker.pauses import PauseStore
 from worker.windows import WindowStore
 
@@ -46,6 +49,7 @@ class DeliveryConfig:
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
     pause_check_s: float = 30.0
+    order_recheck_s: float = 5.0
     # A job re-run this many times without recording an outcome is a bug or a dead Redis;
     # past it the message is dead-lettered instead of looping forever.
     max_job_runs: int = 1000
@@ -62,6 +66,8 @@ class Deliverer:
         windows: WindowStore,
         pauses: PauseStore,
         dead_letters: DeadLetterStore,
+        order: ConversationOrder,
+        limiter: RateLimiter,
         config: DeliveryConfig,
     ) -> None:
         self.graph = graph
@@ -69,6 +75,8 @@ class Deliverer:
         self.windows = windows
         self.pauses = pauses
         self.dead_letters = dead_letters
+        self.order = order
+        self.limiter = limiter
         self.config = config
 
     async def deliver(self, message_id: str, raw_request: dict[str, Any], *, job_try: int) -> str:
@@ -107,16 +115,17 @@ class Deliverer:
                 suggestion=Suggestion.CONTACT_SUPPORT,
                 hint="waq could not record an outcome; check worker logs",
             )
-        pause = await self.pauses.get(request.phone_number_id)
+        pnid, wa_id = request.phone_number_id, request.wa_id
+        earlier = await self.order.waiting_for(pnid, wa_id, message_id)
+        if earlier is not None:
+            # Woken as soon as the earlier message is final; the delay is only a safety net.
+            detail = f"waiting for {earlier}, earlier in this conversation"
+            await self._wait(message_id, status, detail, self.config.order_recheck_s)
+        pause = await self.pauses.get(pnid)
         if pause is not None:
-            await self.statuses.record(
-                message_id,
-                MessageState.QUEUED,
-                detail=f"number paused: {pause.reason}",
-                next_attempt_at=time.time() + self.config.pause_check_s,
+            await self._wait(
+                message_id, status, f"number paused: {pause.reason}", self.config.pause_check_s
             )
-            log.info("send.waiting", outcome="paused", reason=pause.reason)
-            raise Retry(defer=self.config.pause_check_s)
         if not request.message.is_template and not await self.windows.is_open(
             request.phone_number_id, request.wa_id
         ):
@@ -129,7 +138,28 @@ class Deliverer:
                 suggestion=rule.suggestion,
                 hint=rule.hint,
             )
+        slot = await self.limiter.acquire(pnid, wa_id)
+        if not slot.granted:
+            await self._wait(
+                message_id, status, f"waiting for the {slot.reason} rate limit", slot.wait_s
+            )
+        if slot.wait_s > 0:
+            await asyncio.sleep(slot.wait_s)
         return await self._attempt(message_id, request, raw_request, status)
+
+    async def _wait(
+        self, message_id: str, status: MessageStatus | None, detail: str, defer_s: float
+    ) -> NoReturn:
+        """Come back later without using up an attempt; say why in the status (once)."""
+        if status is None or status.detail != detail:
+            await self.statuses.record(
+                message_id,
+                MessageState.QUEUED,
+                detail=detail,
+                next_attempt_at=time.time() + defer_s,
+            )
+        log.info("send.waiting", reason=detail, defer_s=round(defer_s, 3))
+        raise Retry(defer=defer_s)
 
     async def _attempt(
         self,
@@ -175,6 +205,7 @@ class Deliverer:
             wamid=result.wamid,
             count_attempt=True,
         )
+        await self.order.done(request.phone_number_id, request.wa_id, message_id)
         log.info("send.outcome", outcome="accepted", attempt=attempt, wamid=result.wamid)
         return MessageState.ACCEPTED.value
 
@@ -189,6 +220,10 @@ class Deliverer:
         rule: ErrorRule,
         error: dict[str, Any],
     ) -> str:
+        if rule.throttle is not None:
+            await self._throttled(
+                message_id, request=request, status=status, attempt=attempt, rule=rule, error=error
+            )
         if rule.action is Action.PAUSE:
             first = await self.pauses.pause(
                 request.phone_number_id, reason=rule.hint, code=error.get("code")
@@ -246,6 +281,37 @@ class Deliverer:
         )
         raise Retry(defer=delay)
 
+    async def _throttled(
+        self,
+        message_id: str,
+        *,
+        request: SendRequest,
+        status: MessageStatus | None,
+        attempt: int,
+        rule: ErrorRule,
+        error: dict[str, Any],
+    ) -> NoReturn:
+        """Meta throttled: slow the scope down, come back; not held against the message."""
+        pnid, wa_id = request.phone_number_id, request.wa_id
+        if rule.throttle is Throttle.PAIR:
+            throttled = sum(
+                1
+                for e in (status.history if status else [])
+                if (e.error or {}).get("code") == 131056
+            )
+            delay = pair_backoff_s(throttled + 1)
+            await self.limiter.back_off_pair(pnid, wa_id, delay)
+        else:
+            scope = pnid if rule.throttle is Throttle.NUMBER else APP_SCOPE
+            factor = await self.limiter.slow_down(scope)
+            delay = max(rule.min_delay_s, 1.0)  # the slowed limiter spaces the retries
+            log.warning("rate.slowdown", scope=scope, factor=factor, code=error.get("code"))
+        await self.statuses.record(
+            message_id, MessageState.QUEUED, attempt=attempt - 1, count_attempt=True, error=error,
+            detail=f"throttled by Meta: {rule.hint}", next_attempt_at=time.time() + delay,
+        )  # fmt: skip
+        raise Retry(defer=delay)
+
     def _delay(self, rule: ErrorRule, attempt: int, message_id: str) -> float:
         if rule.schedule is Schedule.PAIR:
             delay = pair_backoff_s(attempt)
@@ -297,6 +363,8 @@ class Deliverer:
             dead_at=now,
         )
         await self.dead_letters.add(letter, attempts=failed_attempt)
+        if letter.phone_number_id and letter.to:
+            await self.order.done(letter.phone_number_id, letter.to.removeprefix("+"), message_id)
         log.warning(
             "send.outcome", outcome="dead", code=error.get("code"), suggestion=suggestion.value
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-__all__ = ["ERROR_TABLE", "Action", "ErrorRule", "Schedule", "Suggestion", "rule_for"]
+__all__ = ["ERROR_TABLE", "Action", "ErrorRule", "Schedule", "Suggestion", "Throttle", "rule_for"]
 
 
 class Action(StrEnum):
@@ -51,6 +51,17 @@ class Schedule(StrEnum):
     """Meta's published 4^x seconds for the pair rate limit (131056): 1, 4, 16, 64 s..."""
 
 
+class Throttle(StrEnum):
+    """What Meta throttled, and so what waq slows down."""
+
+    NUMBER = "number"
+    """The business number's throughput (130429)."""
+    PAIR = "pair"
+    """One number-to-customer pair (131056)."""
+    APP = "app"
+    """The app or the business account: every number (4, 80007)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorRule:
     """One row of the table."""
@@ -60,12 +71,18 @@ class ErrorRule:
     hint: str
     schedule: Schedule = Schedule.EXPONENTIAL
     min_delay_s: float = 0.0
+    throttle: Throttle | None = None
+    """Meta throttled: slow this scope down; the call is not counted as a failed attempt."""
 
 
 def _retry(
-    hint: str, *, schedule: Schedule = Schedule.EXPONENTIAL, min_delay_s: float = 0
+    hint: str,
+    *,
+    schedule: Schedule = Schedule.EXPONENTIAL,
+    min_delay_s: float = 0,
+    throttle: Throttle | None = None,
 ) -> ErrorRule:
-    return ErrorRule(Action.RETRY, Suggestion.RETRY_LATER, hint, schedule, min_delay_s)
+    return ErrorRule(Action.RETRY, Suggestion.RETRY_LATER, hint, schedule, min_delay_s, throttle)
 
 
 def _permanent(suggestion: Suggestion, hint: str) -> ErrorRule:
@@ -87,16 +104,23 @@ ERROR_TABLE: Final[dict[int, ErrorRule]] = {
     1: _retry("invalid request or a Meta server error: check metastatus.com if it persists"),
     2: _retry("Meta is temporarily down or overloaded"),
     3: _pause("the app lacks a capability or permission: check the app's permissions"),
-    4: _retry("the app hit its Graph API call rate limit: slow every sender down"),
+    4: _retry(
+        "the app hit its Graph API call rate limit: slow every sender down", throttle=Throttle.APP
+    ),
     10: _pause("permission not granted or removed: re-grant whatsapp_business_messaging"),
     33: _pause("this business phone number was deleted"),
     100: _permanent(_REQUEST, "unsupported or misspelt parameter, or a value too long"),
     190: _pause("access token expired: refresh it"),
     368: _pause("the WhatsApp Business Account is restricted for a policy violation"),
     470: _permanent(_TEMPLATE, "outside the 24-hour window: send an approved template instead"),
-    80007: _retry("the WhatsApp Business Account hit its rate limit: slow down"),
+    80007: _retry(
+        "the WhatsApp Business Account hit its rate limit: slow down", throttle=Throttle.APP
+    ),
     130403: _permanent(_RECIPIENT, "the business has blocked this user: do not retry"),
-    130429: _retry("Cloud API throughput reached for this number: slow the number down"),
+    130429: _retry(
+        "Cloud API throughput reached for this number: slow the number down",
+        throttle=Throttle.NUMBER,
+    ),
     130472: _permanent(_LATER, "the user is part of a marketing experiment; not sent, not billed"),
     130497: _permanent(_ACCOUNT, "the account may not message users in this country"),
     131000: _retry("Meta reported an unknown error"),
@@ -125,6 +149,7 @@ ERROR_TABLE: Final[dict[int, ErrorRule]] = {
     131056: _retry(
         "pair rate limit: back off 4^x seconds for this recipient only",
         schedule=Schedule.PAIR,
+        throttle=Throttle.PAIR,
     ),
     131057: _retry("account in maintenance mode (throughput upgrade)", min_delay_s=60),
     131062: _permanent(_RECIPIENT, "business-scoped user ids are not supported for this message"),

@@ -23,6 +23,8 @@ from worker.dead_letters import DeadLetterStore
 from worker.delivery import Deliverer, DeliveryConfig
 from worker.errors import DeliveryError, GraphError, GraphTransportError
 from worker.graph import DEFAULT_GRAPH_API_VERSION, DEFAULT_GRAPH_BASE_URL, GraphClient
+from worker.limits import RateConfig, RateLimiter
+from worker.ordering import ConversationOrder
 from worker.pauses import PauseStore
 from worker.windows import WindowStore
 
@@ -66,6 +68,7 @@ class WorkerConfig:
     concurrency: int = 50
     health_probe_s: int | None = 60  # None: no probe (tests drive it by hand)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    limits: RateConfig = field(default_factory=RateConfig)
     burst: bool = False
     max_burst_jobs: int = -1
     poll_delay_s: float = 0.05
@@ -159,6 +162,8 @@ def create_worker(config: WorkerConfig) -> Worker:
                 windows=WindowStore(redis, margin_s=config.window_margin_s),
                 pauses=pauses,
                 dead_letters=DeadLetterStore(redis, statuses),
+                order=ConversationOrder(redis, queue_name=config.queue_name),
+                limiter=RateLimiter(redis, config.limits),
                 config=config.delivery,
             ),
         )

@@ -1,0 +1,119 @@
+"""The shared rate limiter and conversation order, against a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from producer import keys
+from worker.limits import APP_SCOPE, RateConfig, RateLimiter
+from worker.ordering import ConversationOrder
+
+PNID = "106540352242922"
+
+
+async def test_number_slots_are_evenly_spaced_below_the_rate(redis: Redis) -> None:
+    """Each reservation gets its own slot, 1/rate apart (minus the safety margin): no herd."""
+    limiter = RateLimiter(redis, RateConfig(default_mps=50, safety=0.0, pair_burst=1000))
+    slots = [await limiter.acquire(PNID, f"1650555{i:04d}") for i in range(40)]
+    assert all(s.granted for s in slots)
+    waits = [s.wait_s for s in slots]
+    gaps = [b - a for a, b in zip(waits, waits[1:], strict=False)]
+    # Each call also takes time, so a gap is 1/50 s minus the call's own duration.
+    assert all(gap <= 0.02 + 1e-6 for gap in gaps)
+    assert waits[-1] == pytest.approx(39 * 0.02, abs=0.05)
+
+
+async def test_long_waits_are_not_reserved(redis: Redis) -> None:
+    """Past max_sleep_s the limiter reserves nothing and says how long to come back after."""
+    limiter = RateLimiter(
+        redis, RateConfig(default_mps=10, safety=0.0, max_sleep_s=0.25, pair_burst=1000)
+    )
+    granted = [await limiter.acquire(PNID, f"1650555{i:04d}") for i in range(3)]
+    assert [s.granted for s in granted] == [True, True, True]
+    refused = await limiter.acquire(PNID, "16505559999")
+    assert not refused.granted
+    assert refused.reason == "number"
+    assert 0.25 < refused.wait_s <= 0.3
+    again = await limiter.acquire(PNID, "16505559999")  # nothing was reserved by the refusal
+    assert not again.granted
+    assert again.wait_s == pytest.approx(refused.wait_s, abs=0.02)
+        False, pytest.approx(refused.wait_s, abs=0.02), "number"
+    )  # type: ignore[arg-type]
+
+
+async def test_pair_burst_then_interval(redis: Redis) -> None:
+    """A pair takes `burst` messages at once, then one per interval; others are untouched."""
+    limiter = RateLimiter(redis, RateConfig(default_mps=1000, pair_burst=3, pair_interval_s=2.0))
+    first = [await limiter.acquire(PNID, "16505551234") for _ in range(4)]
+    assert [s.granted for s in first] == [True, True, True, False]
+    assert first[3].reason == "pair"
+    assert first[3].wait_s == pytest.approx(2.0, abs=0.1)
+    assert (await limiter.acquire(PNID, "16505550000")).granted
+
+
+async def test_per_number_rate_is_configurable(redis: Redis) -> None:
+    """A number's own mps overrides the default, for every worker."""
+    limiter = RateLimiter(redis, RateConfig(default_mps=80, safety=0.0, pair_burst=1000))
+    await limiter.set_mps(PNID, 1000)
+    assert await limiter.mps(PNID) == 1000
+    waits = [(await limiter.acquire(PNID, f"1650555{i:04d}")).wait_s for i in range(20)]
+    assert waits[-1] < 19 / 80  # faster than the default would allow
+    await limiter.set_mps(PNID, None)
+    assert await limiter.mps(PNID) == 80
+
+
+async def test_slowdown_halves_then_recovers(redis: Redis) -> None:
+    """130429 halves the rate (the divisor doubles) and the divisor decays back to 1."""
+    limiter = RateLimiter(redis, RateConfig(recover_s=0.5))
+    assert await limiter.slow_down(PNID) == pytest.approx(2.0, abs=0.01)
+    assert await limiter.slow_down(PNID) == pytest.approx(4.0, abs=0.1)
+    assert await limiter.slow_down(APP_SCOPE) == pytest.approx(2.0, abs=0.01)
+    factor = await redis.hget(keys.slowdown(PNID), "factor")
+    assert float(factor) == pytest.approx(4.0, abs=0.1)
+
+
+async def test_slowed_number_is_spaced_wider(redis: Redis) -> None:
+    """After a slowdown the same number of slots spans about twice the time."""
+    limiter = RateLimiter(
+        redis, RateConfig(default_mps=100, safety=0.0, pair_burst=1000, recover_s=600)
+    )
+    await limiter.slow_down(PNID)
+    waits = [(await limiter.acquire(PNID, f"1650555{i:04d}")).wait_s for i in range(11)]
+    assert waits[-1] == pytest.approx(10 * 0.02, abs=0.03)
+
+
+async def test_pair_back_off(redis: Redis) -> None:
+    """131056 blocks that pair for the given delay and nobody else."""
+    limiter = RateLimiter(redis, RateConfig(pair_burst=45))
+    await limiter.back_off_pair(PNID, "16505551234", 4.0)
+    blocked = await limiter.acquire(PNID, "16505551234")
+    assert not blocked.granted
+    assert blocked.wait_s == pytest.approx(4.0, abs=0.1)
+    assert (await limiter.acquire(PNID, "16505550000")).granted
+
+
+async def test_order_lets_only_the_head_go_and_wakes_the_next(redis: Redis) -> None:
+    """The second message waits for the first; the first's end puts the second's job at now."""
+    order = ConversationOrder(redis, queue_name="q")
+    await redis.rpush(keys.order(PNID, "1"), "m1", "m2")
+    for message_id in ("m1", "m2"):
+        await redis.hset(keys.message(message_id), "state", "queued")
+    await redis.zadd("q", {"m2": 10**13})
+    assert await order.waiting_for(PNID, "1", "m1") is None
+    assert await order.waiting_for(PNID, "1", "m2") == "m1"
+    await order.done(PNID, "1", "m1")
+    assert await order.waiting_for(PNID, "1", "m2") is None
+    assert await redis.zscore("q", "m2") == pytest.approx(time.time() * 1000, abs=2000)
+
+
+async def test_order_skips_a_final_or_expired_head(redis: Redis) -> None:
+    """A head left behind by a crash (final, or its record gone) does not block the rest."""
+    order = ConversationOrder(redis, queue_name="q")
+    await redis.rpush(keys.order(PNID, "1"), "gone", "done", "m3")
+    await redis.hset(keys.message("done"), "state", "accepted")
+    await redis.hset(keys.message("m3"), "state", "queued")
+    assert await order.waiting_for(PNID, "1", "m3") is None
+    assert await redis.lrange(keys.order(PNID, "1"), 0, -1) == [b"m3"]
