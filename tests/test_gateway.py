@@ -361,7 +361,7 @@ async def test_kapso_body_equals_meta_body(
     from_meta = await api.post(url, json={"message": meta})
     assert from_kapso.status_code == from_meta.status_code == 202
     requests = [
-        json.loads(await redis.hget(keys.message(r.json()["id"]), "request"))  # type: ignore[misc]
+        json.loads(await redis.hget(keys.message(r.json()["id"]), "request"))
         for r in (from_kapso, from_meta)
     ]
     assert requests[0] == requests[1]
