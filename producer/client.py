@@ -27,20 +27,24 @@ SEND_FUNCTION: Final = "send_message"
 
 # Creates the status record and the arq job together, and appends the message to its
 # conversation's order list, or does nothing when the message id already has a record
-# (an idempotent repeat). A script rather than arq's enqueue_job
+# (an idempotent repeat). A message behind another in its conversation is scheduled
+# ``order_wait_s`` out: the one before wakes it when it is final (worker.ordering), so
+# queued conversations cost no polling, and the delay is only a safety net.
+# A script rather than arq's enqueue_job
 # because arq's WATCH/MULTI takes three round trips and cannot write our record atomically;
 # the job it writes is arq's own format (serialize_job), so arq's worker runs it unchanged.
 _ENQUEUE: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state then return state end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('RPUSH', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[6])
-redis.call('RPUSH', KEYS[5], ARGV[6])
+local score = tonumber(ARGV[2])
+if redis.call('RPUSH', KEYS[5], ARGV[6]) > 1 then score = score + tonumber(ARGV[7]) end
 redis.call('EXPIRE', KEYS[5], ARGV[4])
+redis.call('ZADD', KEYS[4], score, ARGV[6])
 return false
 """
 
@@ -93,10 +97,12 @@ class Producer:
         *,
         queue_name: str = keys.DEFAULT_QUEUE,
         retention_s: int = 7 * 24 * 3600,
+        order_wait_s: float = 30.0,
         owns_redis: bool = False,
     ) -> None:
         self.redis = redis
         self.queue_name = queue_name
+        self.order_wait_s = order_wait_s
         self.statuses = StatusStore(redis, retention_s=retention_s)
         self._owns_redis = owns_redis
         self._enqueue_script = redis.register_script(_ENQUEUE)
@@ -144,6 +150,7 @@ class Producer:
                         self.statuses.retention_s,
                         event,
                         message_id,
+                        int(self.order_wait_s * 1000),
                         *flat,
                     ],
                     client=pipe,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
@@ -65,6 +66,19 @@ class BackgroundServer:
         """Serve in the foreground until interrupted."""
         logging.getLogger("uvicorn.error").addFilter(_HideInjectedDrops())
         self._server.run()
+
+    def run_process(self) -> None:
+        """Serve as this process's only job (``waq sandbox``), with full collections off.
+
+        The sandbox stamps each request's arrival to enforce Meta's per-second limit. A full
+        garbage collection of its growing heap (the ledger) stalls it for tens of ms, and
+        the requests that arrive meanwhile are stamped together: a burst nobody sent, and a
+        spurious 130429. So only the young generations are collected automatically; the
+        long-lived ledger holds no reference cycles worth reclaiming.
+        """
+        gc.freeze()
+        gc.set_threshold(700, 10, 1_000_000_000)
+        self.run()
 
     def start(self, timeout_s: float = 10.0) -> Self:
         """Serve on a daemon thread; return once the server answers."""

@@ -65,7 +65,7 @@ def sandbox(
     server = SandboxServer(config, host=host, port=port)
     version = settings.graph_api_version
     typer.echo(f"sandbox: Graph API at {server.url}/{version}, control at {server.url}/_sandbox")
-    server.run()
+    server.run_process()
 
 
 def main() -> None:

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
         default=45, ge=1, description="Messages to one customer at once before spacing (Meta: 45)."
     )
     rate_safety: float = Field(
-        default=0.02, ge=0, lt=0.5, description="Fraction below each number's limit waq aims at."
+        default=0.03, ge=0, lt=0.5, description="Fraction below each number's limit waq aims at."
     )
     throttle_recover_s: float = Field(
         default=60.0, gt=0, description="Seconds for a rate slowed by Meta to recover fully."

@@ -7,6 +7,7 @@ collaborators passed in, so it is tested against real Redis and the sandbox with
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -49,7 +50,8 @@ class DeliveryConfig:
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
     pause_check_s: float = 30.0
-    order_recheck_s: float = 5.0
+    order_recheck_s: float = 30.0
+    slot_tries: int = 5
     # A job re-run this many times without recording an outcome is a bug or a dead Redis;
     # past it the message is dead-lettered instead of looping forever.
     max_job_runs: int = 1000
@@ -120,7 +122,8 @@ class Deliverer:
         if earlier is not None:
             # Woken as soon as the earlier message is final; the delay is only a safety net.
             detail = f"waiting for {earlier}, earlier in this conversation"
-            await self._wait(message_id, status, detail, self.config.order_recheck_s)
+            recheck_s = self.config.order_recheck_s * random.uniform(0.75, 1.25)  # noqa: S311
+            await self._wait(message_id, status, detail, recheck_s)
         pause = await self.pauses.get(pnid)
         if pause is not None:
             await self._wait(
@@ -138,14 +141,33 @@ class Deliverer:
                 suggestion=rule.suggestion,
                 hint=rule.hint,
             )
-        slot = await self.limiter.acquire(pnid, wa_id)
-        if not slot.granted:
-            await self._wait(
-                message_id, status, f"waiting for the {slot.reason} rate limit", slot.wait_s
-            )
-        if slot.wait_s > 0:
-            await asyncio.sleep(slot.wait_s)
         return await self._attempt(message_id, request, raw_request, status)
+
+    async def _take_slot(
+        self, message_id: str, status: MessageStatus | None, pnid: str, wa_id: str
+    ) -> None:
+        """Reserve a rate slot and sleep until it.
+
+        A slot missed by more than the tolerance (a stalled event loop) is given up:
+        sending late bunches with on-time sends and breaks Meta's per-second limit.
+        """
+        tolerance_s = self.limiter.config.late_tolerance_s
+        for _ in range(self.config.slot_tries):
+            asked = time.monotonic()
+            slot = await self.limiter.acquire(pnid, wa_id)
+            answered = time.monotonic()
+            if not slot.granted:
+                await self._wait(
+                    message_id, status, f"waiting for the {slot.reason} rate limit", slot.wait_s
+                )
+            # The slot lies between asked + wait and answered + wait (Redis timed it somewhere
+            # in the round trip). Never send early: sleep to the latest bound, and give the
+            # slot up if that is too far past the earliest.
+            if (delay := answered + slot.wait_s - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            if time.monotonic() - (asked + slot.wait_s) <= tolerance_s:
+                return
+        await self._wait(message_id, status, "worker too busy to keep its rate slots", 0.1)
 
     async def _wait(
         self, message_id: str, status: MessageStatus | None, detail: str, defer_s: float
@@ -171,13 +193,17 @@ class Deliverer:
         attempt = (status.attempts if status else 0) + 1
         if status is not None and status.state is MessageState.SENDING:
             log.warning("send.previous_attempt_unknown", attempt=attempt - 1)
+        body = request.graph_body(callback_data=message_id)
         await self.statuses.record(message_id, MessageState.SENDING, attempt=attempt)
+        # The slot is taken last, right before the call: any delay between the slot and the
+        # request would bunch sends together at Meta.
+        await self._take_slot(message_id, status, request.phone_number_id, request.wa_id)
         try:
-            result = await self.graph.send(
-                request.phone_number_id, request.graph_body(callback_data=message_id)
-            )
+            result = await self.graph.send(request.phone_number_id, body)
         except GraphError as exc:
             rule = rule_for(exc.meta_code, http_status=exc.http_status, subcode=exc.subcode)
+            if rule.throttle is not Throttle.PAIR:  # Meta refused it: the customer got nothing
+                await self.limiter.release_pair(request.phone_number_id, request.wa_id)
             return await self._failed(
                 message_id,
                 raw_request=raw_request,
@@ -188,6 +214,8 @@ class Deliverer:
                 error=exc.as_dict(),
             )
         except GraphTransportError as exc:
+            if not exc.ambiguous:
+                await self.limiter.release_pair(request.phone_number_id, request.wa_id)
             rule = ErrorRule(Action.RETRY, Suggestion.RETRY_LATER, "no answer from the Graph API")
             return await self._failed(
                 message_id,

@@ -66,11 +66,15 @@ return {1, tostring(wait), ''}
 """
 )
 
-# KEYS: slowdown hash. ARGV: recover s, max factor. Doubles the current (decayed) factor.
+# KEYS: slowdown hash. ARGV: recover s, max factor, cooldown s. Doubles the current
+# (decayed) factor, once per cooldown: the requests in flight when Meta first refused are
+# refused too, and they are one signal, not several.
 _SLOW_DOWN: Final = (
     _NOW
     + _FACTOR
     + """
+local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
+if now - at < tonumber(ARGV[3]) then return tostring(factor(KEYS[1], tonumber(ARGV[1]))) end
 local f = math.min(factor(KEYS[1], tonumber(ARGV[1])) * 2, tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], 'factor', tostring(f), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 60)
@@ -90,6 +94,18 @@ return tostring(tat - now)
 """
 )
 
+# KEYS: pair TAT. ARGV: pair interval. Gives back one slot (Meta refused the message, so
+# it never reached the customer and does not count against the pair).
+_RELEASE_PAIR: Final = (
+    _NOW
+    + """
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local released = math.max(now, tat - tonumber(ARGV[1]))
+if tat > now then redis.call('SET', KEYS[1], tostring(released), 'KEEPTTL') end
+return 1
+"""
+)
+
 
 @dataclass(frozen=True, slots=True)
 class RateConfig:
@@ -98,10 +114,14 @@ class RateConfig:
     default_mps: float = 80.0
     pair_interval_s: float = 6.0
     pair_burst: int = 45
-    safety: float = 0.02
+    safety: float = 0.03
     max_sleep_s: float = 1.0
+    # A slot missed by more than this is given up: sends then stay within (slot, slot +
+    # tolerance], so one second holds at most (1 + tolerance) * rate * (1 - safety) <= mps.
+    late_tolerance_s: float = 0.01
     recover_s: float = 60.0
     max_slowdown: float = 16.0
+    slowdown_cooldown_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +142,10 @@ class RateLimiter:
         self._acquire = redis.register_script(_ACQUIRE)
         self._slow_down = redis.register_script(_SLOW_DOWN)
         self._back_off_pair = redis.register_script(_BACK_OFF_PAIR)
+        self._release_pair = redis.register_script(_RELEASE_PAIR)
+        # The pair's spacing gets the same margin as the number's: arrival jitter must not
+        # bring a message in before Meta's bucket has refilled.
+        self._pair_interval_s = self.config.pair_interval_s * (1 + self.config.safety)
 
     async def acquire(self, phone_number_id: str, wa_id: str) -> Slot:
         """Reserve the next slot if it is within ``max_sleep_s``; else say how long to wait."""
@@ -134,7 +158,7 @@ class RateLimiter:
                 keys.slowdown(APP_SCOPE),
                 keys.RATE_LIMITS,
             ],
-            args=[phone_number_id, c.default_mps, c.safety, c.pair_interval_s, c.pair_burst,
+            args=[phone_number_id, c.default_mps, c.safety, self._pair_interval_s, c.pair_burst,
                   c.max_sleep_s, c.recover_s],
         )  # fmt: skip
         return Slot(
@@ -144,7 +168,8 @@ class RateLimiter:
     async def slow_down(self, scope: str) -> float:
         """Halve the rate of a number (or ``APP_SCOPE``: every number); returns the divisor."""
         factor = await self._slow_down(
-            keys=[keys.slowdown(scope)], args=[self.config.recover_s, self.config.max_slowdown]
+            keys=[keys.slowdown(scope)],
+            args=[self.config.recover_s, self.config.max_slowdown, self.config.slowdown_cooldown_s],
         )
         return float(factor)
 
@@ -153,9 +178,15 @@ class RateLimiter:
         c = self.config
         wait = await self._back_off_pair(
             keys=[keys.pair_rate(phone_number_id, wa_id)],
-            args=[delay_s, c.pair_interval_s, c.pair_burst],
+            args=[delay_s, self._pair_interval_s, c.pair_burst],
         )
         return float(wait)
+
+    async def release_pair(self, phone_number_id: str, wa_id: str) -> None:
+        """Give back a pair slot whose message Meta certainly did not send."""
+        await self._release_pair(
+            keys=[keys.pair_rate(phone_number_id, wa_id)], args=[self._pair_interval_s]
+        )
 
     async def set_mps(self, phone_number_id: str, mps: float | None) -> None:
         """Configure a number's throughput (None: back to the default)."""
