@@ -14,7 +14,7 @@ from gateway.conversations import ConversationStore
 from gateway.errors import Unauthorized
 from gateway.webhooks import WebhookProcessor
 from producer import keys
-from producer.client import Producer, json_serializer
+from producer.client import Producer, json_serializer, reconnecting
 from producer.status_store import StatusStore
 from worker.dead_letters import DeadLetterStore
 from worker.pauses import PauseStore
@@ -73,7 +73,7 @@ class GatewayState:
     @classmethod
     def connect(cls, config: GatewayConfig) -> GatewayState:
         """Open the Redis pool (arq's client, so the health job's result can be awaited)."""
-        pool = ConnectionPool.from_url(config.redis_url)
+        pool = ConnectionPool.from_url(config.redis_url, **reconnecting())
         redis = ArqRedis(
             connection_pool=pool,
             job_serializer=json_serializer,

@@ -13,6 +13,10 @@ from typing import Any, Final, Self
 from arq.jobs import serialize_job
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import keys
 from producer.errors import FieldError, InvalidRequest
@@ -20,7 +24,7 @@ from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
 
-__all__ = ["SEND_FUNCTION", "Enqueued", "Producer", "message_id_for"]
+__all__ = ["SEND_FUNCTION", "Enqueued", "Producer", "message_id_for", "reconnecting"]
 
 SEND_FUNCTION: Final = "send_message"
 """The worker function's name: jobs are enqueued by name, so producers need no worker code."""
@@ -56,6 +60,19 @@ class Enqueued:
     message_id: str
     created: bool
     state: MessageState
+
+
+def reconnecting(*, attempts: int = 20) -> dict[str, Any]:
+    """redis-py connection options that retry with backoff (0.1 s doubling, capped at 2 s).
+
+    A Redis restart then costs callers a pause, not an error: about 30 s of retries
+    before one is raised. Every waq process builds its pool with these.
+    """
+    return {
+        "retry": RedisRetry(ExponentialBackoff(cap=2.0, base=0.1), attempts),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 15,
+    }
 
 
 def message_id_for(phone_number_id: str, idempotency_key: str | None) -> str:
@@ -109,8 +126,8 @@ class Producer:
 
     @classmethod
     def connect(cls, redis_url: str, **kwargs: Any) -> Self:
-        """A producer with its own connection pool to ``redis_url``."""
-        return cls(Redis.from_url(redis_url), owns_redis=True, **kwargs)
+        """A producer with its own pool to ``redis_url``, riding out a Redis restart."""
+        return cls(Redis.from_url(redis_url, **reconnecting()), owns_redis=True, **kwargs)
 
     async def enqueue(self, request: SendRequest | Mapping[str, Any]) -> Enqueued:
         """Validate and enqueue one message; a repeated idempotency key enqueues nothing."""

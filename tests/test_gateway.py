@@ -507,3 +507,64 @@ async def test_probes_openapi_and_unknown_routes(api: httpx.AsyncClient) -> None
     missing = await api.get("/v2/nothing")
     assert missing.status_code == 404
     assert missing.json()["error"] == "not_found"
+
+
+async def test_dropped_answer_is_reconciled_by_webhook_not_resent(
+    api: httpx.AsyncClient, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
+) -> None:
+    """Meta accepts but the answer is lost: waq waits for the status webhook and never resends."""
+    await customer_writes(api)
+    await sandbox.set_faults(drop_ratio=1)
+    message_id = (await api.post("/v1/messages", json={"to": CUSTOMER, "message": TEXT})).json()[
+        "id"
+    ]
+    await run_worker_with(
+        redis_url, sandbox_server.url, DeliveryConfig(reconcile_wait_s=30, reconcile_check_s=0.05)
+    )
+    status = (await api.get(f"/v1/messages/{message_id}")).json()
+    ledger = await sandbox.ledger()
+    assert [e["biz_opaque_callback_data"] for e in ledger] == [message_id]
+    assert status["state"] in ("sent", "delivered", "read")
+    assert status["wamid"] == ledger[0]["wamid"]
+    assert "sending" in [e["state"] for e in status["history"]]
+
+
+async def test_unreconciled_send_is_dead_lettered_as_ambiguous_by_policy(
+    api: httpx.AsyncClient, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
+) -> None:
+    """No answer and no webhook: with the dead_letter policy the message is not resent."""
+    await customer_writes(api)
+    await sandbox.set_webhook_url(None)
+    await sandbox.set_faults(drop_ratio=1)
+    message_id = (await api.post("/v1/messages", json={"to": CUSTOMER, "message": TEXT})).json()[
+        "id"
+    ]
+    await run_worker_with(
+        redis_url,
+        sandbox_server.url,
+        DeliveryConfig(
+            reconcile_wait_s=0.3, reconcile_check_s=0.05, ambiguous_policy="dead_letter"
+        ),
+    )
+    status = (await api.get(f"/v1/messages/{message_id}")).json()
+    assert status["state"] == "dead"
+    assert status["error"]["code"] == "ambiguous"
+    assert len(await sandbox.ledger()) == 1
+
+
+async def run_worker_with(redis_url: str, sandbox_url: str, delivery: DeliveryConfig) -> None:
+    worker = create_worker(
+        WorkerConfig(
+            redis_url=redis_url,
+            access_token=SecretStr(ACCESS_TOKEN),
+            graph_base_url=sandbox_url,
+            burst=True,
+            poll_delay_s=0,
+            health_probe_s=None,
+            delivery=delivery,
+        )
+    )
+    try:
+        await worker.main()
+    finally:
+        await worker.close()

@@ -105,6 +105,8 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
             backoff_base_s=settings.backoff_base_s,
             backoff_cap_s=settings.backoff_cap_s,
             pause_check_s=settings.pause_check_s,
+            reconcile_wait_s=settings.reconcile_wait_s,
+            ambiguous_policy=settings.ambiguous_policy,
         ),
         limits=RateConfig(
             default_mps=settings.default_mps,

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         default=None, description="Sender used when a request names none."
     )
     graph_timeout_s: float = Field(
-        default=20.0, gt=0, description="Seconds to wait for Meta's answer to one request."
+        default=15.0, gt=0, description="Seconds to wait for Meta's answer to one request."
     )
     max_attempts: int = Field(
         default=6, ge=1, le=50, description="Calls to Meta per message before it is dead-lettered."
@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     )
     throttle_recover_s: float = Field(
         default=60.0, gt=0, description="Seconds for a rate slowed by Meta to recover fully."
+    )
+    reconcile_wait_s: float = Field(
+        default=60.0, ge=0, description="How long an unknown send waits for Meta's status webhook."
+    )
+    ambiguous_policy: Literal["resend", "dead_letter"] = Field(
+        default="resend", description="After that wait: resend, or dead-letter as ambiguous."
     )
     worker_concurrency: int = Field(
         default=50, ge=1, description="Sends one worker process runs at once (arq max_jobs)."

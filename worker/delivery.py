@@ -10,7 +10,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import structlog
 from arq.worker import Retry
@@ -51,6 +51,9 @@ class DeliveryConfig:
     backoff_cap_s: float = 300.0
     pause_check_s: float = 30.0
     order_recheck_s: float = 30.0
+    reconcile_wait_s: float = 60.0
+    reconcile_check_s: float = 2.0
+    ambiguous_policy: Literal["resend", "dead_letter"] = "resend"
     slot_tries: int = 5
     # A job re-run this many times without recording an outcome is a bug or a dead Redis;
     # past it the message is dead-lettered instead of looping forever.
@@ -85,6 +88,10 @@ class Deliverer:
         """Run one attempt; return the state reached, or raise arq's ``Retry`` to come back."""
         status = await self.statuses.get(message_id)
         if status is not None and status.state in FINAL_STATES:
+            # Final already: a re-run after a crash, or a send reconciled by its status webhook.
+            pnid, to = status.phone_number_id, status.to
+            if pnid and to:
+                await self.order.done(pnid, to.removeprefix("+"), message_id)
             log.info("send.skipped", outcome=status.state.value, reason="already final")
             return status.state.value
         try:
@@ -117,6 +124,10 @@ class Deliverer:
                 suggestion=Suggestion.CONTACT_SUPPORT,
                 hint="waq could not record an outcome; check worker logs",
             )
+        if status is not None and status.state is MessageState.SENDING:
+            resend = await self._reconcile(message_id, raw_request, status)
+            if resend is not None:
+                return resend
         pnid, wa_id = request.phone_number_id, request.wa_id
         earlier = await self.order.waiting_for(pnid, wa_id, message_id)
         if earlier is not None:
@@ -142,6 +153,55 @@ class Deliverer:
                 hint=rule.hint,
             )
         return await self._attempt(message_id, request, raw_request, status)
+
+    async def _reconcile(
+        self, message_id: str, raw_request: dict[str, Any], status: MessageStatus
+    ) -> str | None:
+        """A send whose outcome is unknown (a crash mid-call, or no answer): never resend blindly.
+
+        Meta echoes ``biz_opaque_callback_data`` (the message id) in every status webhook;
+        the gateway records it, which makes the message final. Until ``reconcile_wait_s``
+        after the send, wait for that. Then resend (the default), or dead-letter the message
+        as ambiguous, by policy. Returns the final state when dead-lettered, else None.
+        """
+        unknown_for_s = time.time() - status.updated_at
+        if unknown_for_s < self.config.reconcile_wait_s:
+            log.info("send.reconciling", unknown_for_s=round(unknown_for_s, 1))
+            raise Retry(defer=self.config.reconcile_check_s)
+        if self.config.ambiguous_policy == "dead_letter":
+            error = {
+                "code": "ambiguous",
+                "title": "outcome unknown",
+                "details": f"no answer, no status webhook in {self.config.reconcile_wait_s:g} s",
+            }
+            return await self._dead(
+                message_id,
+                raw_request=raw_request,
+                status=status,
+                error=error,
+                suggestion=Suggestion.RETRY_LATER,
+                hint="it may or may not have reached the customer: check before requeueing",
+            )
+        log.warning(
+            "send.reconcile_timeout", policy="resend", unknown_for_s=round(unknown_for_s, 1)
+        )
+        return None
+
+    async def _outcome_unknown(
+        self, message_id: str, attempt: int, error: dict[str, Any]
+    ) -> NoReturn:
+        """The request may have reached Meta: wait for its status webhook before any resend."""
+        wait_s = self.config.reconcile_wait_s
+        await self.statuses.record(
+            message_id,
+            MessageState.SENDING,
+            attempt=attempt,
+            count_attempt=True,
+            error=error,
+            detail=f"outcome unknown: waiting up to {wait_s:g} s for Meta's status webhook",
+        )
+        log.warning("send.outcome", outcome="unknown", attempt=attempt, error=error)
+        raise Retry(defer=self.config.reconcile_check_s)
 
     async def _take_slot(
         self, message_id: str, status: MessageStatus | None, pnid: str, wa_id: str
@@ -191,8 +251,6 @@ class Deliverer:
         status: MessageStatus | None,
     ) -> str:
         attempt = (status.attempts if status else 0) + 1
-        if status is not None and status.state is MessageState.SENDING:
-            log.warning("send.previous_attempt_unknown", attempt=attempt - 1)
         body = request.graph_body(callback_data=message_id)
         await self.statuses.record(message_id, MessageState.SENDING, attempt=attempt)
         # The slot is taken last, right before the call: any delay between the slot and the
@@ -214,8 +272,9 @@ class Deliverer:
                 error=exc.as_dict(),
             )
         except GraphTransportError as exc:
-            if not exc.ambiguous:
-                await self.limiter.release_pair(request.phone_number_id, request.wa_id)
+            if exc.ambiguous:
+                await self._outcome_unknown(message_id, attempt, exc.as_dict())
+            await self.limiter.release_pair(request.phone_number_id, request.wa_id)
             rule = ErrorRule(Action.RETRY, Suggestion.RETRY_LATER, "no answer from the Graph API")
             return await self._failed(
                 message_id,

@@ -16,7 +16,7 @@ from arq.worker import Retry, Worker, func
 from pydantic import SecretStr
 
 from producer import keys
-from producer.client import SEND_FUNCTION, json_serializer
+from producer.client import SEND_FUNCTION, json_serializer, reconnecting
 from producer.status_store import StatusStore
 from worker.backoff import backoff_s
 from worker.dead_letters import DeadLetterStore
@@ -61,7 +61,7 @@ class WorkerConfig:
     access_token: SecretStr
     graph_base_url: str = DEFAULT_GRAPH_BASE_URL
     graph_api_version: str = DEFAULT_GRAPH_API_VERSION
-    graph_timeout_s: float = 20.0
+    graph_timeout_s: float = 15.0
     queue_name: str = keys.DEFAULT_QUEUE
     retention_s: int = 7 * 24 * 3600
     window_margin_s: float = 60.0
@@ -185,14 +185,19 @@ def create_worker(config: WorkerConfig) -> Worker:
         ],
         cron_jobs=cron_jobs,
         queue_name=config.queue_name,
-        redis_pool=ArqRedis.from_url(config.redis_url),
+        redis_pool=ArqRedis.from_url(config.redis_url, **reconnecting()),
         burst=config.burst,
         max_burst_jobs=config.max_burst_jobs,
         poll_delay=config.poll_delay_s,
         max_jobs=config.concurrency,
         max_tries=_ARQ_MAX_TRIES,
-        # A send is bounded by the Graph timeout; the margin covers Redis round trips.
-        job_timeout=config.graph_timeout_s + 30,
+        # A send is bounded by the Graph timeout plus a rate slot (<= 1 s) and a few Redis
+        # round trips. arq leases a running job for job_timeout + 10 s: that is how long a
+        # SIGKILLed worker's jobs wait before another worker runs them (29 s by default).
+        job_timeout=config.graph_timeout_s + 4,
+        # SIGTERM: stop taking jobs, let in-flight sends finish and record their outcome.
+        # arq's default (0) cancels them mid-call and runs them again.
+        job_completion_wait=int(config.graph_timeout_s + 5),
         keep_result=0,
         on_startup=startup,
         on_shutdown=shutdown,
