@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from producer.errors import FieldError, InvalidRequest, WaqError
@@ -108,6 +109,15 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
 
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+        # Meta retries webhooks and services retry sends: a clear 503 loses nothing.
+        return JSONResponse(
+            error_body("redis_unavailable", "Redis is unreachable; retry shortly"),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+
+    app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(InvalidRequest, invalid)
     app.add_exception_handler(RequestValidationError, validation)

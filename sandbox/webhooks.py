@@ -15,7 +15,14 @@ from sandbox.meta import LedgerEntry
 from sandbox.meta_error import MetaError
 from sandbox.signature import sign
 
-__all__ = ["WABA_ID", "WebhookPoster", "inbound_payload", "status_payload"]
+__all__ = [
+    "WABA_ID",
+    "WebhookPoster",
+    "inbound_payload",
+    "status_item",
+    "status_payload",
+    "statuses_payload",
+]
 
 WABA_ID = "102290129340398"
 
@@ -55,7 +62,21 @@ def inbound_payload(
 def status_payload(
     entry: LedgerEntry, number: NumberConfig, status: str, failure: MetaError | None = None
 ) -> dict[str, Any]:
-    """One status of an accepted message, echoing its ``biz_opaque_callback_data``."""
+    """One status of an accepted message, in its own webhook."""
+    return statuses_payload(entry.phone_number_id, number, [status_item(entry, status, failure)])
+
+
+def statuses_payload(
+    phone_number_id: str, number: NumberConfig, items: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Several statuses of one business number in one webhook, as Meta batches them."""
+    return _envelope(phone_number_id, number, {"statuses": items})
+
+
+def status_item(
+    entry: LedgerEntry, status: str, failure: MetaError | None = None
+) -> dict[str, Any]:
+    """One status, echoing the message's ``biz_opaque_callback_data``."""
     item: dict[str, Any] = {
         "id": entry.wamid,
         "status": status,
@@ -73,7 +94,7 @@ def status_payload(
         }
     if failure is not None:
         item["errors"] = [failure.webhook_error()]
-    return _envelope(entry.phone_number_id, number, {"statuses": [item]})
+    return item
 
 
 class WebhookPoster:

@@ -26,7 +26,7 @@ from waq.settings import Settings
 from worker.delivery import DeliveryConfig
 from worker.limits import RateConfig
 from worker.logs import configure_logging
-from worker.runner import WorkerConfig, create_worker
+from worker.runner import WorkerConfig, run_worker
 
 app = typer.Typer(
     name="waq",
@@ -124,7 +124,7 @@ def worker() -> None:
     """Run a worker: take send jobs from Redis and deliver them through the Graph API."""
     settings = Settings()
     _configure(settings)
-    create_worker(_worker_config(settings, str(settings.redis_url))).run()
+    run_worker(_worker_config(settings, str(settings.redis_url)))
 
 
 @app.command()
@@ -231,7 +231,7 @@ def dev(
                 f"try: curl -s -X POST {gateway_url}/v1/sandbox/inbound -H 'X-API-Key: dev-key' "
                 "-H 'Content-Type: application/json' -d '{\"from\": \"+16505551234\"}'"
             )
-            create_worker(_worker_config(settings, redis_url)).run()
+            run_worker(_worker_config(settings, redis_url))
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:

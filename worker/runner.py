@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Retry, Worker, func
 from pydantic import SecretStr
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from producer import keys
 from producer.client import SEND_FUNCTION, json_serializer, reconnecting
@@ -35,6 +37,7 @@ __all__ = [
     "create_worker",
     "phone_number_health",
     "probe_paused_numbers",
+    "run_worker",
     "send_message",
 ]
 
@@ -136,6 +139,25 @@ async def phone_number_health(ctx: dict[str, Any], *, phone_number_id: str) -> d
 
 def _probe_seconds(every_s: int) -> set[int]:
     return set(range(0, 60, every_s)) if every_s < 60 else {0}
+
+
+def run_worker(config: WorkerConfig, *, max_backoff_s: float = 5.0) -> None:
+    """Run a worker until a signal stops it, starting it again whenever Redis goes away.
+
+    redis-py retries commands, but not the connection a pool hands out, and arq's loop
+    exits on that error. Rather than patch arq (in maintenance mode), the worker is simply
+    rebuilt with backoff: its interrupted sends are in ``sending`` and get reconciled.
+    """
+    backoff_s = 0.5
+    while True:
+        try:
+            create_worker(config).run()
+        except RedisConnectionError as exc:
+            log.warning("worker.redis_unreachable", error=str(exc), restart_in_s=backoff_s)
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, max_backoff_s)
+        else:
+            return
 
 
 def create_worker(config: WorkerConfig) -> Worker:
