@@ -100,13 +100,19 @@ def status_item(
 class WebhookPoster:
     """Posts signed webhooks to the configured URL; retries like Meta; keeps a log."""
 
-    def __init__(self, *, app_secret: str, rng: random.Random, attempts: int = 3) -> None:
+    def __init__(
+        self, *, app_secret: str, rng: random.Random, attempts: int = 8, max_delay_s: float = 8.0
+    ) -> None:
         self.app_secret = app_secret
         self.url: str | None = None
         self.duplicate_ratio = 0.0
         self.log: list[dict[str, Any]] = []
         self._rng = rng
+        # Meta retries an undelivered webhook for up to 7 days; the sandbox keeps trying for
+        # about 24 s (0.25 s doubling, capped at 8 s), long enough to ride out a restart of
+        # the receiver or its Redis, short enough for a test.
         self._attempts = attempts
+        self._max_delay_s = max_delay_s
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
 
     async def post(self, payload: dict[str, Any]) -> None:
@@ -135,7 +141,8 @@ class WebhookPoster:
                 if response.status_code == 200:
                     outcome["delivered"] = True
                     break
-            await asyncio.sleep(0.2 * 2**attempt)
+            if attempt + 1 < self._attempts:
+                await asyncio.sleep(min(self._max_delay_s, 0.25 * 2**attempt))
         self.log.append(outcome)
 
     async def aclose(self) -> None:

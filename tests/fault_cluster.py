@@ -70,7 +70,7 @@ class Cluster:
     """Starts, kills and restarts the parts; counts outcomes against the sandbox's ledger."""
 
     def __init__(
-        self, *, workers: int = 3, graph_timeout_s: float = 5, reconcile_wait_s: float = 15
+        self, *, workers: int = 3, graph_timeout_s: float = 5, reconcile_wait_s: float = 20
     ) -> None:
         self.data_dir = tempfile.mkdtemp(prefix="waq-faults-")
         self.redis_port = free_port()
