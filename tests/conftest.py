@@ -17,9 +17,8 @@ from sandbox import (
     SandboxConfig,
     SandboxServer,
 )
-from tests.support import WebhookSinkServer
+from tests.support import ACCESS_TOKEN, WebhookSinkServer
 
-ACCESS_TOKEN = "test-token"
 APP_SECRET = "test-app-secret"
 
 

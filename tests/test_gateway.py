@@ -18,7 +18,8 @@ from redis.asyncio import Redis
 from gateway import conversation_id_for
 from producer import keys
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
-from tests.conftest import ACCESS_TOKEN, API_KEY, APP_SECRET, VERIFY_TOKEN
+from tests.conftest import API_KEY, APP_SECRET, VERIFY_TOKEN
+from tests.support import ACCESS_TOKEN, run_burst_worker
 from worker.delivery import DeliveryConfig
 from worker.runner import WorkerConfig, create_worker
 
@@ -79,24 +80,6 @@ def status_payload(wamid: str, status: str) -> dict[str, Any]:
     return envelope(
         statuses=[{"id": wamid, "status": status, "timestamp": now, "recipient_id": "1"}]
     )
-
-
-async def run_worker(redis_url: str, sandbox_url: str) -> None:
-    worker = create_worker(
-        WorkerConfig(
-            redis_url=redis_url,
-            access_token=SecretStr(ACCESS_TOKEN),
-            graph_base_url=sandbox_url,
-            burst=True,
-            poll_delay_s=0,
-            health_probe_s=None,
-            delivery=DeliveryConfig(backoff_base_s=0.01, backoff_cap_s=0.05),
-        )
-    )
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
 
 
 async def customer_writes(api: httpx.AsyncClient, number: str = CUSTOMER) -> str:
@@ -385,7 +368,7 @@ async def test_curl_session_flow_reaches_delivered(
     conversation_id = await customer_writes(api)
     sent = await api.post(f"/v1/conversations/{conversation_id}/messages", json={"message": TEXT})
     message_id = sent.json()["id"]
-    await run_worker(redis_url, sandbox_server.url)
+    await run_burst_worker(redis_url, sandbox_server.url)
 
     async def read() -> bool:
         return bool((await api.get(f"/v1/messages/{message_id}")).json()["state"] == "read")
@@ -406,7 +389,7 @@ async def test_statuses_out_of_order_and_duplicated_never_go_back(
     message_id = (await api.post("/v1/messages", json={"to": CUSTOMER, "message": TEXT})).json()[
         "id"
     ]
-    await run_worker(redis_url, sandbox_server.url)
+    await run_burst_worker(redis_url, sandbox_server.url)
     wamid = (await api.get(f"/v1/messages/{message_id}")).json()["wamid"]
     answers = []
     for status in ("read", "delivered", "read"):
@@ -431,7 +414,7 @@ async def test_async_131047_becomes_a_dead_letter(
     message_id = (await api.post("/v1/messages", json={"to": CUSTOMER, "message": TEXT})).json()[
         "id"
     ]
-    await run_worker(redis_url, sandbox_server.url)
+    await run_burst_worker(redis_url, sandbox_server.url)
 
     async def dead() -> bool:
         return bool((await api.get(f"/v1/messages/{message_id}")).json()["state"] == "dead")
@@ -518,8 +501,10 @@ async def test_dropped_answer_is_reconciled_by_webhook_not_resent(
     message_id = (await api.post("/v1/messages", json={"to": CUSTOMER, "message": TEXT})).json()[
         "id"
     ]
-    await run_worker_with(
-        redis_url, sandbox_server.url, DeliveryConfig(reconcile_wait_s=30, reconcile_check_s=0.05)
+    await run_burst_worker(
+        redis_url,
+        sandbox_server.url,
+        delivery=DeliveryConfig(reconcile_wait_s=30, reconcile_check_s=0.05),
     )
     status = (await api.get(f"/v1/messages/{message_id}")).json()
     ledger = await sandbox.ledger()
@@ -539,10 +524,10 @@ async def test_unreconciled_send_is_dead_lettered_as_ambiguous_by_policy(
     message_id = (await api.post("/v1/messages", json={"to": CUSTOMER, "message": TEXT})).json()[
         "id"
     ]
-    await run_worker_with(
+    await run_burst_worker(
         redis_url,
         sandbox_server.url,
-        DeliveryConfig(
+        delivery=DeliveryConfig(
             reconcile_wait_s=0.3, reconcile_check_s=0.05, ambiguous_policy="dead_letter"
         ),
     )
@@ -550,21 +535,3 @@ async def test_unreconciled_send_is_dead_lettered_as_ambiguous_by_policy(
     assert status["state"] == "dead"
     assert status["error"]["code"] == "ambiguous"
     assert len(await sandbox.ledger()) == 1
-
-
-async def run_worker_with(redis_url: str, sandbox_url: str, delivery: DeliveryConfig) -> None:
-    worker = create_worker(
-        WorkerConfig(
-            redis_url=redis_url,
-            access_token=SecretStr(ACCESS_TOKEN),
-            graph_base_url=sandbox_url,
-            burst=True,
-            poll_delay_s=0,
-            health_probe_s=None,
-            delivery=delivery,
-        )
-    )
-    try:
-        await worker.main()
-    finally:
-        await worker.close()

@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer, free_port
-from tests.conftest import ACCESS_TOKEN
+from tests.support import ACCESS_TOKEN
 from worker.error_table import Action, rule_for
 from worker.errors import GraphConnectionError, GraphError, GraphTimeout
 from worker.graph import GraphClient

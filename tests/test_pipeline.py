@@ -15,7 +15,7 @@ from producer.client import Enqueued, Producer, job_payload
 from producer.status import FINAL_STATES, MessageState, MessageStatus
 from producer.status_store import StatusStore
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer
-from tests.conftest import ACCESS_TOKEN
+from tests.support import ACCESS_TOKEN
 from worker.dead_letters import DeadLetterStore
 from worker.delivery import DeliveryConfig
 from worker.error_table import Suggestion

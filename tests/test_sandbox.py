@@ -23,8 +23,8 @@ from sandbox import (
 )
 from sandbox.config import WindowErrors
 from sandbox.rules import check_body
-from tests.conftest import ACCESS_TOKEN, APP_SECRET
-from tests.support import WebhookSinkServer
+from tests.conftest import APP_SECRET
+from tests.support import ACCESS_TOKEN, WebhookSinkServer
 from tests.test_contract import META_EXAMPLES
 
 PNID = DEFAULT_PHONE_NUMBER_ID

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from producer import Producer
@@ -23,10 +22,9 @@ from sandbox import (
     SandboxServer,
     free_port,
 )
-from tests.conftest import ACCESS_TOKEN, APP_SECRET
-from worker.delivery import DeliveryConfig
+from tests.conftest import APP_SECRET
+from tests.support import ACCESS_TOKEN, run_burst_worker
 from worker.limits import RateConfig
-from worker.runner import WorkerConfig, create_worker
 from worker.windows import WindowStore
 
 PNID = DEFAULT_PHONE_NUMBER_ID
@@ -39,27 +37,6 @@ async def open_windows(sandbox: SandboxClient, redis: Redis, numbers: list[str])
     for number in numbers:
         message = (await sandbox.inbound(number))["message"]
         await windows.record_inbound(PNID, message["from"], float(message["timestamp"]))
-
-
-async def run_burst_worker(
-    redis_url: str, sandbox_url: str, limits: RateConfig | None = None
-) -> None:
-    worker = create_worker(
-        WorkerConfig(
-            redis_url=redis_url,
-            access_token=SecretStr(ACCESS_TOKEN),
-            graph_base_url=sandbox_url,
-            burst=True,
-            poll_delay_s=0,
-            health_probe_s=None,
-            delivery=DeliveryConfig(max_attempts=20, backoff_base_s=0.01, backoff_cap_s=0.05),
-            limits=limits or RateConfig(),
-        )
-    )
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
 
 
 @pytest.fixture
@@ -186,7 +163,7 @@ async def test_hammered_pair_waits_alone(redis: Redis, redis_url: str) -> None:
                 [{"phone_number_id": PNID, "to": other, "message": TEXT} for _ in range(5)]
             )
             started = time.time()
-            await run_burst_worker(redis_url, server.url, limits)
+            await run_burst_worker(redis_url, server.url, limits=limits)
             stats = await sandbox.stats()
             ledger = await sandbox.ledger()
     assert "131056" not in stats["outcomes"], stats
