@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
 from producer import keys
-from producer.status import MessageState, StatusEvent
+from producer.status import MessageState, MessageStatus, StatusEvent
 from producer.status_store import StatusStore
 from worker.error_table import Suggestion
 
@@ -38,6 +38,49 @@ class DeadLetter(BaseModel):
     metadata: dict[str, str] = {}
     created_at: float
     dead_at: float
+
+    @classmethod
+    def of(
+        cls,
+        message_id: str,
+        *,
+        raw_request: dict[str, Any],
+        status: MessageStatus | None,
+        error: dict[str, Any],
+        suggestion: Suggestion,
+        hint: str,
+        failed_attempt: int | None = None,
+    ) -> DeadLetter:
+        """The entry for a message, from its request and status.
+
+        ``failed_attempt`` is the call to Meta that just failed, not yet in the history.
+        """
+        now = time.time()
+        attempts = list(status.history) if status else []
+        if failed_attempt is not None:
+            attempts.append(
+                StatusEvent(at=now, state=MessageState.SENDING, attempt=failed_attempt,
+                            detail="attempt failed", error=error)
+            )  # fmt: skip
+        message = raw_request.get("message")
+        return cls(
+            id=message_id,
+            phone_number_id=str(
+                raw_request.get("phone_number_id") or (status.phone_number_id if status else "")
+            ),
+            to=str(status.to if status else raw_request.get("to", "")),
+            type=status.type
+            if status
+            else str(message.get("type", "") if isinstance(message, dict) else ""),
+            request=raw_request,
+            error=error,
+            hint=hint,
+            suggestion=suggestion,
+            attempts=attempts,
+            metadata=status.metadata if status else {},
+            created_at=status.created_at if status else now,
+            dead_at=now,
+        )
 
     @property
     def code(self) -> Any:

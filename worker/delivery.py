@@ -6,7 +6,6 @@ collaborators passed in, so it is tested against real Redis and the sandbox with
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from arq.worker import Retry
 from pydantic import ValidationError
 
 from producer.request import SendRequest
-from producer.status import FINAL_STATES, MessageState, MessageStatus, StatusEvent
+from producer.status import FINAL_STATES, MessageState, MessageStatus
 from producer.status_store import StatusStore
 from worker.backoff import backoff_s, pair_backoff_s
 from worker.dead_letters import DeadLetter, DeadLetterStore
@@ -206,28 +205,12 @@ class Deliverer:
     async def _take_slot(
         self, message_id: str, status: MessageStatus | None, pnid: str, wa_id: str
     ) -> None:
-        """Reserve a rate slot and sleep until it.
-
-        A slot missed by more than the tolerance (a stalled event loop) is given up:
-        sending late bunches with on-time sends and breaks Meta's per-second limit.
-        """
-        tolerance_s = self.limiter.config.late_tolerance_s
-        for _ in range(self.config.slot_tries):
-            asked = time.monotonic()
-            slot = await self.limiter.acquire(pnid, wa_id)
-            answered = time.monotonic()
-            if not slot.granted:
-                await self._wait(
-                    message_id, status, f"waiting for the {slot.reason} rate limit", slot.wait_s
-                )
-            # The slot lies between asked + wait and answered + wait (Redis timed it somewhere
-            # in the round trip). Never send early: sleep to the latest bound, and give the
-            # slot up if that is too far past the earliest.
-            if (delay := answered + slot.wait_s - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
-            if time.monotonic() - (asked + slot.wait_s) <= tolerance_s:
-                return
-        await self._wait(message_id, status, "worker too busy to keep its rate slots", 0.1)
+        """Sleep until this send's rate slot, or come back later without using an attempt."""
+        slot = await self.limiter.wait_for_slot(pnid, wa_id, tries=self.config.slot_tries)
+        if not slot.granted:
+            await self._wait(
+                message_id, status, f"waiting for the {slot.reason} rate limit", slot.wait_s
+            )
 
     async def _wait(
         self, message_id: str, status: MessageStatus | None, detail: str, defer_s: float
@@ -420,34 +403,14 @@ class Deliverer:
         failed_attempt: int | None = None,
     ) -> str:
         """Dead-letter the message; ``failed_attempt`` is the call to Meta that just failed."""
-        now = time.time()
-        attempts = list(status.history) if status else []
-        if failed_attempt is not None:
-            attempts.append(
-                StatusEvent(
-                    at=now,
-                    state=MessageState.SENDING,
-                    attempt=failed_attempt,
-                    detail="attempt failed",
-                    error=error,
-                )
-            )
-        request_to = raw_request.get("to")
-        letter = DeadLetter(
-            id=message_id,
-            phone_number_id=str(
-                raw_request.get("phone_number_id", status.phone_number_id if status else "")
-            ),
-            to=str(status.to if status else request_to),
-            type=status.type if status else str(raw_request.get("message", {}).get("type", "")),
-            request=raw_request,
+        letter = DeadLetter.of(
+            message_id,
+            raw_request=raw_request,
+            status=status,
             error=error,
-            hint=hint,
             suggestion=suggestion,
-            attempts=attempts,
-            metadata=status.metadata if status else {},
-            created_at=status.created_at if status else now,
-            dead_at=now,
+            hint=hint,
+            failed_attempt=failed_attempt,
         )
         await self.dead_letters.add(letter, attempts=failed_attempt)
         if letter.phone_number_id and letter.to:

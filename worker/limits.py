@@ -15,6 +15,8 @@ worker its own slot, so a crowd of workers never wakes at once to race for one s
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -126,7 +128,11 @@ class RateConfig:
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """A reservation: sleep ``wait_s`` then send; or, not granted, come back in ``wait_s``."""
+    """A reservation: sleep ``wait_s`` then send; or, not granted, come back in ``wait_s``.
+
+    ``reason`` says which limit refused: ``number``, ``pair``, or ``busy`` (this worker kept
+    missing its slots).
+    """
 
     granted: bool
     wait_s: float
@@ -164,6 +170,27 @@ class RateLimiter:
         return Slot(
             bool(granted), float(wait), reason.decode() if isinstance(reason, bytes) else reason
         )
+
+    async def wait_for_slot(self, phone_number_id: str, wa_id: str, *, tries: int = 5) -> Slot:
+        """Reserve a slot and sleep until it; a refusal (a long wait) is returned as is.
+
+        The slot lies between ``asked + wait`` and ``answered + wait`` (Redis timed it
+        somewhere in the round trip). A send is never early: the sleep runs to the latest
+        bound. A slot then more than ``late_tolerance_s`` past the earliest (a stalled event
+        loop) is given up and another taken, because a late send bunches with on-time ones
+        and breaks Meta's per-second limit. After ``tries`` misses the caller should back off.
+        """
+        for _ in range(tries):
+            asked = time.monotonic()
+            slot = await self.acquire(phone_number_id, wa_id)
+            answered = time.monotonic()
+            if not slot.granted:
+                return slot
+            if (delay := answered + slot.wait_s - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            if time.monotonic() - (asked + slot.wait_s) <= self.config.late_tolerance_s:
+                return slot
+        return Slot(granted=False, wait_s=0.1, reason="busy")
 
     async def slow_down(self, scope: str) -> float:
         """Halve the rate of a number (or ``APP_SCOPE``: every number); returns the divisor."""
