@@ -60,7 +60,9 @@ class GatewayState:
         self.statuses = self.producer.statuses
         self.windows = WindowStore(self.redis, margin_s=self.config.window_margin_s)
         self.conversations = ConversationStore(self.redis, self.windows)
-        self.dead_letters = DeadLetterStore(self.redis, self.statuses)
+        self.dead_letters = DeadLetterStore(
+            self.redis, self.statuses, queue_name=self.config.queue_name
+        )
         self.webhooks = WebhookProcessor(
             self.redis,
             statuses=self.statuses,

@@ -10,6 +10,7 @@ from typing import Final
 __all__ = [
     "ARQ_JOB_PREFIX",
     "DEAD_LETTERS",
+    "DEAD_LETTER_COUNTS",
     "DEFAULT_QUEUE",
     "INBOUND_STREAM",
     "PAUSED_NUMBERS",
@@ -34,6 +35,9 @@ PAUSED_NUMBERS: Final = "waq:paused"
 
 DEAD_LETTERS: Final = "waq:dlq"
 """zset, message id scored by the time it died (unix s); no TTL: ops drain it."""
+
+DEAD_LETTER_COUNTS: Final = "waq:dlq_counts"
+"""hash, "code:131047" / "suggestion:send_template" / "number:<id>" -> entries; no TTL."""
 
 
 def message(message_id: str) -> str:

@@ -17,7 +17,7 @@ from sandbox import (
     SandboxConfig,
     SandboxServer,
 )
-from tests.support import ACCESS_TOKEN, WebhookSinkServer
+from tests.support import ACCESS_TOKEN, Pipeline, WebhookSinkServer
 
 APP_SECRET = "test-app-secret"
 
@@ -109,3 +109,10 @@ def gateway_server(redis_url: str, sandbox_server: SandboxServer) -> Iterator[Ba
     )
     with BackgroundServer(create_app(config)) as server:
         yield server
+
+
+@pytest.fixture
+async def pipeline(
+    redis: Redis, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
+) -> Pipeline:
+    return Pipeline(redis, redis_url, sandbox_server.url)

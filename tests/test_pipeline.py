@@ -2,89 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from producer import InvalidRequest, SendRequest
-from producer.client import Enqueued, Producer, job_payload
+from producer.client import job_payload
 from producer.status import FINAL_STATES, MessageState, MessageStatus
-from producer.status_store import StatusStore
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer
-from tests.support import ACCESS_TOKEN
-from worker.dead_letters import DeadLetterStore
-from worker.delivery import DeliveryConfig
+from tests.support import ACCESS_TOKEN, CUSTOMER, STRANGER, TEMPLATE, TEXT, Pipeline
 from worker.error_table import Suggestion
 from worker.graph import GraphClient
-from worker.pauses import PauseStore
-from worker.runner import WorkerConfig, create_worker, probe_paused_numbers
-from worker.windows import WindowStore
+from worker.runner import probe_paused_numbers
 
 PNID = DEFAULT_PHONE_NUMBER_ID
-CUSTOMER = "+16505551234"
-STRANGER = "+16505559876"
-
-TEXT = {"type": "text", "text": {"body": "Your order shipped"}}
-TEMPLATE = {"type": "template", "template": {"name": "hello_world", "language": {"code": "en_US"}}}
-
-
-class Pipeline:
-    """A producer, a way to run workers in burst mode, and readers for the outcome."""
-
-    def __init__(self, redis: Redis, redis_url: str, sandbox_url: str) -> None:
-        self.redis = redis
-        self.producer = Producer(redis)
-        self.config = WorkerConfig(
-            redis_url=redis_url,
-            access_token=SecretStr(ACCESS_TOKEN),
-            graph_base_url=sandbox_url,
-            graph_timeout_s=2.0,
-            burst=True,
-            poll_delay_s=0,
-            health_probe_s=None,
-            delivery=DeliveryConfig(
-                max_attempts=4, backoff_base_s=0.01, backoff_cap_s=0.05, pause_check_s=0.01
-            ),
-        )
-        self.dead_letters = DeadLetterStore(redis, StatusStore(redis, retention_s=3600))
-        self.pauses = PauseStore(redis)
-        self.windows = WindowStore(redis)
-
-    async def customer_writes(self, sandbox: SandboxClient, number: str = CUSTOMER) -> None:
-        """The customer writes in: Meta's window opens, and waq's (as its webhook would)."""
-        inbound = await sandbox.inbound(number)
-        message = inbound["message"]
-        await self.windows.record_inbound(PNID, message["from"], float(message["timestamp"]))
-
-    async def send(
-        self, to: str = CUSTOMER, message: dict[str, Any] | None = None, **extra: Any
-    ) -> Enqueued:
-        return await self.producer.enqueue(
-            {"phone_number_id": PNID, "to": to, "message": message or TEXT, **extra}
-        )
-
-    async def run_worker(self, **overrides: Any) -> None:
-        worker = create_worker(dataclasses.replace(self.config, **overrides))
-        try:
-            await worker.main()
-        finally:
-            await worker.close()
-
-    async def status(self, message_id: str) -> MessageStatus:
-        status = await self.producer.status(message_id)
-        assert status is not None
-        return status
-
-
-@pytest.fixture
-async def pipeline(
-    redis: Redis, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
-) -> Pipeline:
-    return Pipeline(redis, redis_url, sandbox_server.url)
 
 
 def states(status: MessageStatus) -> list[str]:

@@ -20,8 +20,9 @@ from sandbox import (
     WindowErrors,
 )
 from waq.demo import run_demo
+from waq.dlq import dlq
 from waq.embedded import redis_for
-from waq.ops import dlq, limits, pause, resume
+from waq.ops import limits, pause, resume, status
 from waq.settings import Settings
 from worker.delivery import DeliveryConfig
 from worker.limits import RateConfig
@@ -254,3 +255,4 @@ app.add_typer(dlq, name="dlq")
 app.add_typer(limits, name="limits")
 app.command()(pause)
 app.command()(resume)
+app.command()(status)

@@ -1,119 +1,61 @@
-"""Operator commands: read the dead-letter queue, pause and resume numbers."""
+"""Operator commands for numbers: status, pause and resume, throughput limits."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from producer.status_store import StatusStore
+from waq._command import open_redis, run
 from waq.settings import Settings
-from worker.dead_letters import DeadLetter, DeadLetterStore
 from worker.limits import RateConfig, RateLimiter
-from worker.logs import shorten_phone
+from worker.overview import NumberState, Overview, read_overview
 from worker.pauses import PauseStore
 
-__all__ = ["dlq", "limits", "pause", "resume"]
-
-T = TypeVar("T")
-
-dlq = typer.Typer(help="Read the dead-letter queue.", no_args_is_help=True)
+__all__ = ["limits", "pause", "resume", "status"]
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run an operator command; an unreachable Redis is a sentence, not a stack trace."""
-    try:
-        return asyncio.run(coro)
-    except RedisConnectionError as exc:
-        typer.echo(f"error: cannot reach Redis (WAQ_REDIS_URL): {exc}", err=True)
-        raise typer.Exit(3) from None
-
-
-def _redis(settings: Settings) -> Redis:
-    redis: Redis = Redis.from_url(str(settings.redis_url))
-    return redis
-
-
-@dlq.command("list")
-def dlq_list(
-    code: Annotated[str | None, typer.Option(help="Only this error code, e.g. 131047.")] = None,
-    suggestion: Annotated[
-        str | None, typer.Option(help="Only this suggestion, e.g. send_template.")
-    ] = None,
-    phone_number_id: Annotated[str | None, typer.Option(help="Only this sender.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """List dead letters, newest first."""
+    """Each sender number's state (sending, paused and why, throttled), queue and dead letters."""
+    settings = Settings()
 
-    async def run() -> list[DeadLetter]:
-        redis = _redis(Settings())
+    async def read() -> Overview:
+        redis = open_redis(settings)
         try:
-            store = DeadLetterStore(
-                redis, StatusStore(redis, retention_s=Settings().status_retention_s)
-            )
-            return await store.list(
-                limit=limit, code=code, suggestion=suggestion, phone_number_id=phone_number_id
+            return await read_overview(
+                redis, queue_name=settings.queue_name, default_mps=settings.default_mps
             )
         finally:
             await redis.aclose()
 
-    letters = _run(run())
+    overview = run(read())
     if as_json:
-        for letter in letters:
-            typer.echo(letter.model_dump_json())
+        typer.echo(overview.model_dump_json(indent=2))
         return
-    typer.echo(f"{'id':<35} {'to':<11} {'type':<11} {'code':<8} {'suggestion':<15} hint")
-    for letter in letters:
+    workers = "workers polling" if overview.workers_alive else "NO WORKER is polling the queue"
+    typer.echo(
+        f"queue {overview.queue_depth} jobs ({overview.queue_due} due now), "
+        f"{overview.in_flight} in flight, {overview.dead_letters} dead letters; {workers}"
+    )
+    if not overview.numbers:
+        typer.echo("no sender numbers seen yet")
+        return
+    typer.echo(f"{'number':<18} {'state':<10} {'pending':>8} {'dead':>6} {'mps':>7}  why")
+    for number in overview.numbers:
+        why = ""
+        if number.state is NumberState.PAUSED:
+            since = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(number.paused_since or 0))
+            code = f" ({number.paused_code})" if number.paused_code else ""
+            why = f"{number.paused_reason}{code}, by {number.paused_by} since {since}"
+        elif number.state is NumberState.THROTTLED:
+            why = f"Meta throttled it: rate divided by {number.slowdown:g}, recovering"
         typer.echo(
-            f"{letter.id:<35} {shorten_phone(letter.to):<11} {letter.type:<11} {letter.code!s:<8} "
-            f"{letter.suggestion.value:<15} {letter.hint}"
+            f"{number.phone_number_id:<18} {number.state.value:<10} {number.pending:>8} "
+            f"{number.dead_letters:>6} {number.mps:>7g}  {why}"
         )
-
-
-@dlq.command("show")
-def dlq_show(
-    message_id: Annotated[str, typer.Argument(help="The dead letter's message id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
-) -> None:
-    """Show one dead letter: request, attempts, final error, hint."""
-
-    async def run() -> DeadLetter | None:
-        redis = _redis(Settings())
-        try:
-            return await DeadLetterStore(redis, StatusStore(redis, retention_s=60)).get(message_id)
-        finally:
-            await redis.aclose()
-
-    letter = _run(run())
-    if letter is None:
-        typer.echo(f"error: no dead letter {message_id}", err=True)
-        raise typer.Exit(1)
-    typer.echo(letter.model_dump_json(indent=2) if as_json else _describe(letter))
-
-
-def _describe(letter: DeadLetter) -> str:
-    lines = [
-        f"message    {letter.id}",
-        f"from/to    {letter.phone_number_id} -> {letter.to} ({letter.type})",
-        f"error      {letter.code}: {letter.error.get('title')}",
-        f"details    {letter.error.get('details') or '-'}",
-        f"suggestion {letter.suggestion.value}: {letter.hint}",
-        "attempts:",
-    ]
-    lines += [
-        f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e.at))}Z {e.state.value:<9} "
-        f"{e.detail or ''}"
-        for e in letter.attempts
-    ]
-    lines.append("request:\n" + json.dumps(letter.request, indent=2))
-    return "\n".join(lines)
 
 
 def pause(
@@ -123,9 +65,10 @@ def pause(
     ] = "paused by an operator",
 ) -> None:
     """Stop sending from a number; its messages wait (nothing is dead-lettered)."""
+    settings = Settings()
 
-    async def run() -> bool:
-        redis = _redis(Settings())
+    async def go() -> bool:
+        redis = open_redis(settings)
         try:
             return await PauseStore(redis).pause(
                 phone_number_id, reason=reason, code=None, by="operator"
@@ -133,22 +76,23 @@ def pause(
         finally:
             await redis.aclose()
 
-    typer.echo(f"{phone_number_id}: {'paused' if _run(run()) else 'was already paused'}")
+    typer.echo(f"{phone_number_id}: {'paused' if run(go()) else 'was already paused'}")
 
 
 def resume(
     phone_number_id: Annotated[str, typer.Argument(help="The business number's Graph id.")],
 ) -> None:
     """Resume sending from a paused number."""
+    settings = Settings()
 
-    async def run() -> bool:
-        redis = _redis(Settings())
+    async def go() -> bool:
+        redis = open_redis(settings)
         try:
             return await PauseStore(redis).resume(phone_number_id)
         finally:
             await redis.aclose()
 
-    typer.echo(f"{phone_number_id}: {'resumed' if _run(run()) else 'was not paused'}")
+    typer.echo(f"{phone_number_id}: {'resumed' if run(go()) else 'was not paused'}")
 
 
 limits = typer.Typer(
@@ -173,8 +117,8 @@ def limits_set(
         raise typer.Exit(2)
     settings = Settings()
 
-    async def run() -> float:
-        redis = _redis(settings)
+    async def go() -> float:
+        redis = open_redis(settings)
         try:
             limiter = RateLimiter(redis, RateConfig(default_mps=settings.default_mps))
             await limiter.set_mps(phone_number_id, mps)
@@ -182,7 +126,7 @@ def limits_set(
         finally:
             await redis.aclose()
 
-    typer.echo(f"{phone_number_id}: {_run(run()):g} messages per second")
+    typer.echo(f"{phone_number_id}: {run(go()):g} messages per second")
 
 
 @limits.command("show")
@@ -192,8 +136,8 @@ def limits_show(
     """Show a number's configured throughput."""
     settings = Settings()
 
-    async def run() -> float:
-        redis = _redis(settings)
+    async def read() -> float:
+        redis = open_redis(settings)
         try:
             return await RateLimiter(redis, RateConfig(default_mps=settings.default_mps)).mps(
                 phone_number_id
@@ -201,4 +145,4 @@ def limits_show(
         finally:
             await redis.aclose()
 
-    typer.echo(f"{phone_number_id}: {_run(run()):g} messages per second")
+    typer.echo(f"{phone_number_id}: {run(read()):g} messages per second")

@@ -1,24 +1,119 @@
 """The dead-letter queue: every message waq will not send, with why and what to do about it.
 
-An entry and the message's ``dead`` status are written in one MULTI, so a message is never
-dead without an entry, nor an entry left beside a live message.
+An entry and the message's ``dead`` status are written in one script, so a message is never
+dead without an entry. Taking an entry out (requeue, purge) is one script per entry too: an
+operator's process killed half way through a bulk requeue leaves each entry either still in
+the queue or requeued, never gone and never both. The same scripts keep counts by error code,
+suggestion and sender, so ``stats`` costs one read however long the queue is.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from redis.asyncio import Redis
 
 from producer import keys
+from producer.client import job_payload
+from producer.errors import InvalidRequest
+from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus, StatusEvent
 from producer.status_store import StatusStore
 from worker.error_table import Suggestion
 
-__all__ = ["DeadLetter", "DeadLetterStore"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterStats",
+    "DeadLetterStore",
+    "MoveResult",
+]
+
+# arq's lease key for a running job: a requeue waits until the job that dead-lettered the
+# message has finished, or arq's cleanup (delete the job, ZREM the id) would eat the new job.
+_ARQ_IN_PROGRESS: Final = "arq:in-progress:"
+
+# The counts hash is kept by the same scripts that add and remove entries, from the entry's
+# own JSON, so a count can never disagree with the entries.
+_COUNT: Final = """
+local function count(hash, raw, by)
+  local e = cjson.decode(raw)
+  local code = e.error and e.error.code
+  if code == nil or code == cjson.null then code = '' end
+  for _, label in ipairs({'code:' .. tostring(code), 'suggestion:' .. tostring(e.suggestion),
+                          'number:' .. tostring(e.phone_number_id)}) do
+    if redis.call('HINCRBY', hash, label, by) <= 0 then redis.call('HDEL', hash, label) end
+  end
+end
+"""
+
+# KEYS: entry, index zset, counts, status hash, history.
+# ARGV: id, entry JSON, dead_at, event, retention s, status fields (flat pairs)...
+_ADD: Final = (
+    _COUNT
+    + """
+local old = redis.call('GET', KEYS[1])
+if old then count(KEYS[3], old, -1) end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+count(KEYS[3], ARGV[2], 1)
+redis.call('HSET', KEYS[4], unpack(ARGV, 6))
+redis.call('HDEL', KEYS[4], 'next_attempt_at')
+redis.call('RPUSH', KEYS[5], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+"""
+)
+
+# KEYS: entry, index, counts, status hash, history, arq job, queue, order list, arq lease.
+# ARGV: id, expected entry JSON, job, now ms, retention s, event, order wait ms, created_at,
+# status fields (flat pairs)... Puts the message back on the queue exactly as the producer
+# does (status record, arq job, order list) and removes the entry, or changes nothing.
+_REQUEUE: Final = (
+    _COUNT
+    + """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'missing' end
+if raw ~= ARGV[2] then return 'changed' end
+if redis.call('EXISTS', KEYS[9]) == 1 then return 'busy' end
+redis.call('HSET', KEYS[4], unpack(ARGV, 9))
+redis.call('HSETNX', KEYS[4], 'created_at', ARGV[8])
+redis.call('HDEL', KEYS[4], 'error', 'detail', 'wamid', 'next_attempt_at')
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+redis.call('RPUSH', KEYS[5], ARGV[6])
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+redis.call('SET', KEYS[6], ARGV[3], 'PX', tonumber(ARGV[5]) * 1000)
+local score = tonumber(ARGV[4])
+if redis.call('RPUSH', KEYS[8], ARGV[1]) > 1 then score = score + tonumber(ARGV[7]) end
+redis.call('EXPIRE', KEYS[8], ARGV[5])
+redis.call('ZADD', KEYS[7], score, ARGV[1])
+count(KEYS[3], raw, -1)
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 'ok'
+"""
+)
+
+# KEYS: entry, index, counts, history. ARGV: id, expected entry JSON, event.
+_PURGE: Final = (
+    _COUNT
+    + """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'missing' end
+if raw ~= ARGV[2] then return 'changed' end
+count(KEYS[3], raw, -1)
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[3]) end
+return 'ok'
+"""
+)
 
 
 class DeadLetter(BaseModel):
@@ -38,6 +133,19 @@ class DeadLetter(BaseModel):
     metadata: dict[str, str] = {}
     created_at: float
     dead_at: float
+    _stored: str | None = PrivateAttr(default=None)
+
+    @classmethod
+    def load(cls, raw: bytes | str) -> DeadLetter:
+        """An entry as read from Redis, remembering the exact JSON for compare-and-move."""
+        letter = cls.model_validate_json(raw)
+        letter._stored = _text(raw)
+        return letter
+
+    @property
+    def stored(self) -> str:
+        """The JSON the queue holds for this entry (what a move compares against)."""
+        return self._stored if self._stored is not None else self.model_dump_json()
 
     @classmethod
     def of(
@@ -88,72 +196,229 @@ class DeadLetter(BaseModel):
         return self.error.get("code")
 
 
-class DeadLetterStore:
-    """Writes and reads dead letters; ``waq dlq`` and the console read the same store."""
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which entries an operator means; every field left None matches everything."""
 
-    def __init__(self, redis: Redis, statuses: StatusStore) -> None:
+    ids: tuple[str, ...] | None = None
+    code: str | None = None
+    suggestion: str | None = None
+    phone_number_id: str | None = None
+    to: str | None = None
+    older_than_s: float | None = None
+    newer_than_s: float | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        """Whether the entry passes every field's test (ages are tested by the index)."""
+        to = self.to and "+" + self.to.lstrip("+")
+        return (
+            (self.ids is None or letter.id in self.ids)
+            and (self.code is None or str(letter.code) == self.code)
+            and (self.suggestion is None or letter.suggestion == self.suggestion)
+            and (self.phone_number_id is None or letter.phone_number_id == self.phone_number_id)
+            and (to is None or letter.to == to)
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the filter selects the whole queue (bulk commands ask twice for that)."""
+        return all(getattr(self, name) is None for name in self.__slots__)
+
+
+class DeadLetterStats(BaseModel):
+    """Counts by error code, suggestion and sender, and the oldest entry's age."""
+
+    total: int
+    by_code: dict[str, int]
+    by_suggestion: dict[str, int]
+    by_phone_number: dict[str, int]
+    oldest_id: str | None
+    oldest_dead_at: float | None
+
+
+class MoveResult(StrEnum):
+    """What happened to one entry an operator moved out of the queue."""
+
+    OK = "ok"
+    MISSING = "missing"
+    """Not in the queue (already moved, or never there)."""
+    CHANGED = "changed"
+    """Rewritten since it was read (the message died again); read it and try again."""
+    BUSY = "busy"
+    """The job that dead-lettered it is still finishing; try again in a moment."""
+
+
+class DeadLetterStore:
+    """Writes, reads, requeues and purges dead letters; the CLI and console share it."""
+
+    def __init__(self, redis: Redis, statuses: StatusStore, *, queue_name: str = "") -> None:
         self.redis = redis
         self.statuses = statuses
+        self.queue_name = queue_name or keys.DEFAULT_QUEUE
+        self.order_wait_s = 30.0
+        self._add = redis.register_script(_ADD)
+        self._requeue = redis.register_script(_REQUEUE)
+        self._purge = redis.register_script(_PURGE)
 
     async def add(self, letter: DeadLetter, *, attempts: int | None = None) -> None:
         """Store the entry and mark the message dead, atomically (with its attempt count)."""
         now = time.time()
-        counted = {"attempts": str(attempts)} if attempts is not None else {}
         event = StatusEvent(at=now, state=MessageState.DEAD, detail=letter.hint, error=letter.error)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.dead_letter(letter.id), letter.model_dump_json())
-            pipe.zadd(keys.DEAD_LETTERS, {letter.id: letter.dead_at})
-            pipe.hset(
+        fields = {
+            "state": MessageState.DEAD.value,
+            "updated_at": repr(now),
+            "detail": letter.hint,
+            "error": json.dumps(letter.error),
+        }
+        if attempts is not None:
+            fields["attempts"] = str(attempts)
+        await self._add(
+            keys=[
+                keys.dead_letter(letter.id),
+                keys.DEAD_LETTERS,
+                keys.DEAD_LETTER_COUNTS,
                 keys.message(letter.id),
-                mapping={
-                    "state": MessageState.DEAD.value,
-                    "updated_at": repr(now),
-                    "detail": letter.hint,
-                    "error": json.dumps(letter.error),
-                    **counted,
-                },
-            )
-            pipe.hdel(keys.message(letter.id), "next_attempt_at")
-            pipe.rpush(keys.message_history(letter.id), event.model_dump_json(exclude_none=True))
-            pipe.expire(keys.message(letter.id), self.statuses.retention_s)
-            pipe.expire(keys.message_history(letter.id), self.statuses.retention_s)
-            await pipe.execute()
+                keys.message_history(letter.id),
+            ],
+            args=[
+                letter.id,
+                letter.model_dump_json(),
+                letter.dead_at,
+                event.model_dump_json(exclude_none=True),
+                self.statuses.retention_s,
+                *(item for pair in fields.items() for item in pair),
+            ],
+        )
 
     async def get(self, message_id: str) -> DeadLetter | None:
         """One entry, or None."""
         raw = await self.redis.get(keys.dead_letter(message_id))
-        return DeadLetter.model_validate_json(raw) if raw is not None else None
+        return DeadLetter.load(raw) if raw is not None else None
+
+    async def scan(
+        self, selection: DeadLetterFilter | None = None, *, batch: int = 200
+    ) -> AsyncIterator[DeadLetter]:
+        """Every matching entry, newest first, read ``batch`` at a time."""
+        selection = selection or DeadLetterFilter()
+        if selection.ids is not None:
+            for message_id in selection.ids:
+                letter = await self.get(message_id)
+                if letter is not None and selection.matches(letter):
+                    yield letter
+            return
+        now = time.time()
+        newest = now - selection.older_than_s if selection.older_than_s is not None else "+inf"
+        oldest = now - selection.newer_than_s if selection.newer_than_s is not None else "-inf"
+        ids = await self.redis.zrevrangebyscore(keys.DEAD_LETTERS, newest, oldest)
+        for start in range(0, len(ids), batch):
+            chunk = [_text(i) for i in ids[start : start + batch]]
+            for raw in await self.redis.mget([keys.dead_letter(i) for i in chunk]):
+                if raw is None:
+                    continue  # moved out since the index was read
+                letter = DeadLetter.load(raw)
+                if selection.matches(letter):
+                    yield letter
 
     async def list(
-        self,
-        *,
-        limit: int = 50,
-        code: str | None = None,
-        suggestion: str | None = None,
-        phone_number_id: str | None = None,
+        self, selection: DeadLetterFilter | None = None, *, limit: int = 50
     ) -> list[DeadLetter]:
-        """Newest first, filtered by error code, suggestion or sender."""
-        ids = await self.redis.zrevrange(keys.DEAD_LETTERS, 0, -1)
+        """The newest ``limit`` matching entries."""
         found: list[DeadLetter] = []
-        for start in range(0, len(ids), 200):
-            chunk = ids[start : start + 200]
-            for raw in await self.redis.mget([keys.dead_letter(_text(i)) for i in chunk]):
-                if raw is None:
-                    continue
-                letter = DeadLetter.model_validate_json(raw)
-                if (
-                    (code is None or str(letter.code) == code)
-                    and (suggestion is None or letter.suggestion == suggestion)
-                    and (phone_number_id is None or letter.phone_number_id == phone_number_id)
-                ):
-                    found.append(letter)
-                    if len(found) >= limit:
-                        return found
+        async for letter in self.scan(selection):
+            found.append(letter)
+            if len(found) >= limit:
+                break
         return found
 
     async def count(self) -> int:
         """How many entries wait for an operator."""
         return int(await self.redis.zcard(keys.DEAD_LETTERS))
+
+    async def stats(self) -> DeadLetterStats:
+        """Counts by code, suggestion and sender, and the oldest entry (two reads)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.DEAD_LETTER_COUNTS)
+            pipe.zrange(keys.DEAD_LETTERS, 0, 0, withscores=True)
+            pipe.zcard(keys.DEAD_LETTERS)
+            counts, oldest, total = await pipe.execute()
+        groups: dict[str, dict[str, int]] = {"code": {}, "suggestion": {}, "number": {}}
+        for label, value in counts.items():
+            group, _, name = _text(label).partition(":")
+            groups.setdefault(group, {})[name] = int(value)
+
+        def ordered(group: dict[str, int]) -> dict[str, int]:
+            return dict(sorted(group.items(), key=lambda item: (-item[1], item[0])))
+
+        return DeadLetterStats(
+            total=int(total),
+            by_code=ordered(groups["code"]),
+            by_suggestion=ordered(groups["suggestion"]),
+            by_phone_number=ordered(groups["number"]),
+            oldest_id=_text(oldest[0][0]) if oldest else None,
+            oldest_dead_at=float(oldest[0][1]) if oldest else None,
+        )
+
+    async def requeue(
+        self, letter: DeadLetter, *, request: dict[str, Any] | None = None, note: str = ""
+    ) -> MoveResult:
+        """Send the message again through the whole pipeline, with its history kept.
+
+        ``request`` replaces the one that failed (a template instead of free-form text, say);
+        it is validated as the producer would (``InvalidRequest`` names the field). The
+        entry leaves the queue in the same script
+        that queues the message, and only if it is unchanged since ``letter`` was read.
+        """
+        payload = request if request is not None else letter.request
+        try:
+            valid = SendRequest.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidRequest.from_validation_error(exc) from None
+        payload = valid.model_dump(mode="json", exclude_none=True)
+        fields, _ = self.statuses.new_record(valid, payload)
+        created_at = fields.pop("created_at")
+        now = time.time()
+        detail = "requeued from the dead-letter queue" + (f": {note}" if note else "")
+        event = StatusEvent(at=now, state=MessageState.QUEUED, detail=detail)
+        answer = await self._requeue(
+            keys=[
+                keys.dead_letter(letter.id),
+                keys.DEAD_LETTERS,
+                keys.DEAD_LETTER_COUNTS,
+                keys.message(letter.id),
+                keys.message_history(letter.id),
+                keys.ARQ_JOB_PREFIX + letter.id,
+                self.queue_name,
+                keys.order(valid.phone_number_id, valid.wa_id),
+                _ARQ_IN_PROGRESS + letter.id,
+            ],
+            args=[
+                letter.id,
+                letter.stored,
+                job_payload(letter.id, payload),
+                int(now * 1000),
+                self.statuses.retention_s,
+                event.model_dump_json(exclude_none=True),
+                int(self.order_wait_s * 1000),
+                created_at,
+                *(item for pair in fields.items() for item in pair),
+            ],
+        )
+        return MoveResult(_text(answer))
+
+    async def purge(self, letter: DeadLetter, *, note: str = "") -> MoveResult:
+        """Drop the entry for good (its message stays ``dead``); export it first if in doubt."""
+        detail = "purged from the dead-letter queue" + (f": {note}" if note else "")
+        event = StatusEvent(at=time.time(), state=MessageState.DEAD, detail=detail)
+        answer = await self._purge(
+            keys=[
+                keys.dead_letter(letter.id),
+                keys.DEAD_LETTERS,
+                keys.DEAD_LETTER_COUNTS,
+                keys.message_history(letter.id),
+            ],
+            args=[letter.id, letter.stored, event.model_dump_json(exclude_none=True)],
+        )
+        return MoveResult(_text(answer))
 
 
 def _text(value: bytes | str) -> str:

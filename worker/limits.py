@@ -78,7 +78,7 @@ _SLOW_DOWN: Final = (
 local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
 if now - at < tonumber(ARGV[3]) then return tostring(factor(KEYS[1], tonumber(ARGV[1]))) end
 local f = math.min(factor(KEYS[1], tonumber(ARGV[1])) * 2, tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'factor', tostring(f), 'at', tostring(now))
+redis.call('HSET', KEYS[1], 'factor', tostring(f), 'at', tostring(now), 'recover', ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 60)
 return tostring(f)
 """

@@ -183,7 +183,7 @@ def create_worker(config: WorkerConfig) -> Worker:
                 statuses=statuses,
                 windows=WindowStore(redis, margin_s=config.window_margin_s),
                 pauses=pauses,
-                dead_letters=DeadLetterStore(redis, statuses),
+                dead_letters=DeadLetterStore(redis, statuses, queue_name=config.queue_name),
                 order=ConversationOrder(redis, queue_name=config.queue_name),
                 limiter=RateLimiter(redis, config.limits),
                 config=config.delivery,

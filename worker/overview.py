@@ -1,0 +1,155 @@
+"""What every sender number is doing, read from Redis: for ``waq status``, the console, metrics.
+
+Nothing here is counted on the hot path. A number's pending messages are the lengths of its
+conversations' order lists (the producer appends, a final state removes), found by SCAN
+(as are throttled numbers);
+in-flight jobs are arq's lease keys. Both cost O(conversations) per read, which an
+operator's command or a 15 s scrape can afford and a send cannot.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from producer import keys
+from worker.limits import APP_SCOPE
+from worker.pauses import PauseStore
+from worker.runner import HEALTH_KEY_SUFFIX
+
+__all__ = ["NumberOverview", "NumberState", "Overview", "read_overview"]
+
+_ARQ_IN_PROGRESS = "arq:in-progress:"
+
+
+class NumberState(StrEnum):
+    """A sender number's state, as an operator reads it."""
+
+    SENDING = "sending"
+    """Messages are waiting and going out."""
+    IDLE = "idle"
+    """Nothing waits for this number."""
+    PAUSED = "paused"
+    """Nothing goes until someone (or the health probe) resumes it."""
+    THROTTLED = "throttled"
+    """Meta slowed it down (130429, or 4/80007 for the whole app); the rate is recovering."""
+
+
+class NumberOverview(BaseModel):
+    """One sender number."""
+
+    phone_number_id: str
+    state: NumberState
+    pending: int
+    """Messages not yet final: queued, waiting their turn, retrying or in flight."""
+    dead_letters: int
+    mps: float
+    """The configured rate."""
+    slowdown: float
+    """The divisor Meta's throttling put on the rate (1 = none)."""
+    paused_reason: str | None = None
+    paused_code: int | None = None
+    paused_since: float | None = None
+    paused_by: str | None = None
+
+
+class Overview(BaseModel):
+    """Every known sender number, and the queue as a whole."""
+
+    read_at: float
+    queue_depth: int
+    """Jobs in arq's queue (due now or deferred)."""
+    queue_due: int
+    """Of those, the ones due now."""
+    in_flight: int
+    """Jobs a worker holds right now."""
+    dead_letters: int
+    workers_alive: bool
+    numbers: list[NumberOverview]
+
+
+async def read_overview(
+    redis: Redis, *, queue_name: str = keys.DEFAULT_QUEUE, default_mps: float = 80.0
+) -> Overview:
+    """Read the whole picture (a few round trips and two SCANs)."""
+    now = time.time()
+    pending: dict[str, int] = {}
+    async for key in redis.scan_iter(match=keys.order("*", "*"), count=1000):
+        phone_number_id = _text(key).split(":")[2]
+        pending[phone_number_id] = pending.get(phone_number_id, 0) + int(await redis.llen(key))  # type: ignore[misc]
+    throttled = set()
+    async for key in redis.scan_iter(match=keys.slowdown("*"), count=1000):
+        throttled.add(_text(key).rsplit(":", 1)[1])
+    throttled.discard(APP_SCOPE)
+    in_flight = 0
+    async for _ in redis.scan_iter(match=_ARQ_IN_PROGRESS + "*", count=1000):
+        in_flight += 1
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(queue_name)
+        pipe.zcount(queue_name, "-inf", int(now * 1000))
+        pipe.zcard(keys.DEAD_LETTERS)
+        pipe.exists(queue_name + HEALTH_KEY_SUFFIX)
+        pipe.hgetall(keys.DEAD_LETTER_COUNTS)
+        pipe.hgetall(keys.RATE_LIMITS)
+        depth, due, dead, alive, counts, rates = await pipe.execute()
+    dead_by_number = {
+        label.removeprefix("number:"): int(value)
+        for label, value in ((_text(k), v) for k, v in counts.items())
+        if label.startswith("number:")
+    }
+    mps = {_text(k): float(v) for k, v in rates.items()}
+    pauses = await PauseStore(redis).all()
+    app_slowdown = await _slowdown(redis, APP_SCOPE, now)
+    numbers = []
+    for phone_number_id in sorted({*pending, *pauses, *mps, *dead_by_number, *throttled}):
+        slowdown = app_slowdown * await _slowdown(redis, phone_number_id, now)
+        pause = pauses.get(phone_number_id)
+        waiting = pending.get(phone_number_id, 0)
+        if pause is not None:
+            state = NumberState.PAUSED
+        elif slowdown > 1.01:
+            state = NumberState.THROTTLED
+        else:
+            state = NumberState.SENDING if waiting else NumberState.IDLE
+        numbers.append(
+            NumberOverview(
+                phone_number_id=phone_number_id,
+                state=state,
+                pending=waiting,
+                dead_letters=dead_by_number.get(phone_number_id, 0),
+                mps=mps.get(phone_number_id, default_mps),
+                slowdown=round(slowdown, 2),
+                paused_reason=pause.reason if pause else None,
+                paused_code=pause.code if pause else None,
+                paused_since=pause.since if pause else None,
+                paused_by=pause.by if pause else None,
+            )
+        )
+    return Overview(
+        read_at=now,
+        queue_depth=int(depth),
+        queue_due=int(due),
+        in_flight=in_flight,
+        dead_letters=int(dead),
+        workers_alive=bool(alive),
+        numbers=numbers,
+    )
+
+
+async def _slowdown(redis: Redis, scope: str, now: float) -> float:
+    # The limiter's own decay (worker.limits._FACTOR), read without the script: linear
+    # from the recorded factor back to 1 over the recovery time, which the key's TTL bounds.
+    raw = await redis.hgetall(keys.slowdown(scope))  # type: ignore[misc]
+    if not raw:
+        return 1.0
+    fields = {_text(k): float(v) for k, v in raw.items()}
+    recover = float(fields.get("recover", 60.0))
+    left = 1 - (now - fields.get("at", 0.0)) / recover
+    return 1.0 if left <= 0 else 1 + (fields.get("factor", 1.0) - 1) * left
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
