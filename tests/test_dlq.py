@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
 from redis.asyncio import Redis
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from producer import keys
 from producer.status import MessageState, StatusEvent
@@ -37,7 +36,8 @@ def env(redis_url: str) -> dict[str, str]:
 
 async def waq(env: dict[str, str], *args: str, answer: str | None = None) -> Result:
     """Run a ``waq`` command in a thread (it runs its own event loop), answering its prompt."""
-    return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env, input=answer)
+    runner = CliRunner()
+    return await asyncio.to_thread(lambda: runner.invoke(app, list(args), env=env, input=answer))
 
 
 def letter(
