@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api import router
 from gateway.errors import ApiError, error_body, install_error_handlers
@@ -85,6 +86,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         await state.redis.hset(keys.WEBHOOK_SEEN, "last_post_at", repr(time.time()))  # type: ignore[misc]
         result = await state.webhooks.handle(payload)
         return {"ok": True, **{k: getattr(result, k) for k in result.__slots__}}
+
+    @app.get("/metrics", tags=["probes"], response_class=PlainTextResponse)
+    async def metrics(state: State) -> Response:
+        """Prometheus exposition: queue depth, in flight, dead letters, paused numbers."""
+        return Response(await state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["probes"])
     async def healthz() -> dict[str, bool]:

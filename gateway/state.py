@@ -12,6 +12,7 @@ from redis.asyncio import ConnectionPool
 
 from gateway.conversations import ConversationStore
 from gateway.errors import Unauthorized
+from gateway.metrics import QueueMetrics
 from gateway.webhooks import WebhookProcessor
 from producer import keys
 from producer.client import Producer, json_serializer, reconnecting
@@ -37,6 +38,7 @@ class GatewayConfig:
     retention_s: int = 7 * 24 * 3600
     window_margin_s: float = 60.0
     graph_base_url: str = "https://graph.facebook.com"
+    default_mps: float = 80.0
     health_timeout_s: float = 15.0
 
 
@@ -52,6 +54,7 @@ class GatewayState:
     conversations: ConversationStore = field(init=False)
     dead_letters: DeadLetterStore = field(init=False)
     webhooks: WebhookProcessor = field(init=False)
+    metrics: QueueMetrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.producer = Producer(
@@ -70,6 +73,9 @@ class GatewayState:
             conversations=self.conversations,
             dead_letters=self.dead_letters,
             pauses=PauseStore(self.redis),
+        )
+        self.metrics = QueueMetrics(
+            self.redis, queue_name=self.config.queue_name, default_mps=self.config.default_mps
         )
 
     @classmethod

@@ -121,11 +121,17 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus /metrics on this port (WAQ_WORKER_METRICS_PORT)."),
+    ] = None,
+) -> None:
     """Run a worker: take send jobs from Redis and deliver them through the Graph API."""
     settings = Settings()
     _configure(settings)
-    run_worker(_worker_config(settings, str(settings.redis_url)))
+    port = metrics_port or settings.worker_metrics_port
+    run_worker(_worker_config(settings, str(settings.redis_url), metrics_port=port))
 
 
 @app.command()
@@ -248,6 +254,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         retention_s=settings.status_retention_s,
         window_margin_s=settings.window_margin_s,
         graph_base_url=settings.graph_base_url,
+        default_mps=settings.default_mps,
     )
 
 

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         default=50, ge=1, description="Sends one worker process runs at once (arq max_jobs)."
     )
     queue_name: str = Field(default="waq:queue", description="The arq queue of send jobs.")
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of a worker's Prometheus /metrics (unset: not served).",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a terminal, JSON otherwise."
     )

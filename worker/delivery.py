@@ -24,6 +24,7 @@ from worker.error_table import Action, ErrorRule, Schedule, Suggestion, Throttle
 from worker.errors import GraphError, GraphTransportError
 from worker.graph import GraphClient
 from worker.limits import APP_SCOPE, RateLimiter
+from worker.metrics import WorkerMetrics
 from worker.ordering import ConversationOrder
 from worker.pauses import PauseStore
 from worker.windows import WindowStore
@@ -73,6 +74,7 @@ class Deliverer:
         order: ConversationOrder,
         limiter: RateLimiter,
         config: DeliveryConfig,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.graph = graph
         self.statuses = statuses
@@ -82,6 +84,7 @@ class Deliverer:
         self.order = order
         self.limiter = limiter
         self.config = config
+        self.metrics = metrics or WorkerMetrics()
 
     async def deliver(self, message_id: str, raw_request: dict[str, Any], *, job_try: int) -> str:
         """Run one attempt; return the state reached, or raise arq's ``Retry`` to come back."""
@@ -199,6 +202,7 @@ class Deliverer:
             error=error,
             detail=f"outcome unknown: waiting up to {wait_s:g} s for Meta's status webhook",
         )
+        self.metrics.outcome("unknown", error.get("code"))
         log.warning("send.outcome", outcome="unknown", attempt=attempt, error=error)
         raise Retry(defer=self.config.reconcile_check_s)
 
@@ -207,7 +211,10 @@ class Deliverer:
     ) -> None:
         """Sleep until this send's rate slot, or come back later without using an attempt."""
         slot = await self.limiter.wait_for_slot(pnid, wa_id, tries=self.config.slot_tries)
-        if not slot.granted:
+        if slot.granted:
+            self.metrics.rate_limit_wait.observe(slot.wait_s)
+        else:
+            self.metrics.rate_limit_deferrals.labels(limit=slot.reason).inc()
             await self._wait(
                 message_id, status, f"waiting for the {slot.reason} rate limit", slot.wait_s
             )
@@ -239,9 +246,11 @@ class Deliverer:
         # The slot is taken last, right before the call: any delay between the slot and the
         # request would bunch sends together at Meta.
         await self._take_slot(message_id, status, request.phone_number_id, request.wa_id)
+        started = time.perf_counter()
         try:
             result = await self.graph.send(request.phone_number_id, body)
         except GraphError as exc:
+            self.metrics.graph_latency.labels(result="error").observe(time.perf_counter() - started)
             rule = rule_for(exc.meta_code, http_status=exc.http_status, subcode=exc.subcode)
             if rule.throttle is not Throttle.PAIR:  # Meta refused it: the customer got nothing
                 await self.limiter.release_pair(request.phone_number_id, request.wa_id)
@@ -255,6 +264,9 @@ class Deliverer:
                 error=exc.as_dict(),
             )
         except GraphTransportError as exc:
+            self.metrics.graph_latency.labels(result="transport").observe(
+                time.perf_counter() - started
+            )
             if exc.ambiguous:
                 await self._outcome_unknown(message_id, attempt, exc.as_dict())
             await self.limiter.release_pair(request.phone_number_id, request.wa_id)
@@ -268,6 +280,7 @@ class Deliverer:
                 rule=rule,
                 error=exc.as_dict(),
             )
+        self.metrics.graph_latency.labels(result="ok").observe(time.perf_counter() - started)
         await self.statuses.record(
             message_id,
             MessageState.ACCEPTED,
@@ -276,6 +289,7 @@ class Deliverer:
             count_attempt=True,
         )
         await self.order.done(request.phone_number_id, request.wa_id, message_id)
+        self.metrics.outcome("accepted")
         log.info("send.outcome", outcome="accepted", attempt=attempt, wamid=result.wamid)
         return MessageState.ACCEPTED.value
 
@@ -300,6 +314,7 @@ class Deliverer:
             )
             if first:
                 log.error("alert.number_paused", reason=rule.hint, error=error)
+            self.metrics.outcome("paused", error.get("code"))
             # A pause is not the message's fault: the attempt is not counted.
             await self.statuses.record(
                 message_id,
@@ -333,6 +348,8 @@ class Deliverer:
                 hint=hint,
             )
         delay = self._delay(rule, attempt, message_id)
+        self.metrics.outcome("retrying", error.get("code"))
+        self.metrics.retries.labels(code=str(error.get("code"))).inc()
         await self.statuses.record(
             message_id,
             MessageState.RETRYING,
@@ -362,6 +379,7 @@ class Deliverer:
         error: dict[str, Any],
     ) -> NoReturn:
         """Meta throttled: slow the scope down, come back; not held against the message."""
+        self.metrics.outcome("throttled", error.get("code"))
         pnid, wa_id = request.phone_number_id, request.wa_id
         if rule.throttle is Throttle.PAIR:
             throttled = sum(
@@ -415,6 +433,7 @@ class Deliverer:
         await self.dead_letters.add(letter, attempts=failed_attempt)
         if letter.phone_number_id and letter.to:
             await self.order.done(letter.phone_number_id, letter.to.removeprefix("+"), message_id)
+        self.metrics.outcome("dead", error.get("code"))
         log.warning(
             "send.outcome", outcome="dead", code=error.get("code"), suggestion=suggestion.value
         )

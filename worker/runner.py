@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from worker.delivery import Deliverer, DeliveryConfig
 from worker.errors import DeliveryError, GraphError, GraphTransportError
 from worker.graph import DEFAULT_GRAPH_API_VERSION, DEFAULT_GRAPH_BASE_URL, GraphClient
 from worker.limits import RateConfig, RateLimiter
+from worker.metrics import WorkerMetrics
 from worker.ordering import ConversationOrder
 from worker.pauses import PauseStore
 from worker.windows import WindowStore
@@ -76,6 +78,8 @@ class WorkerConfig:
     max_burst_jobs: int = -1
     poll_delay_s: float = 0.05
     transport: httpx.AsyncBaseTransport | None = None
+    metrics: WorkerMetrics | None = None
+    metrics_port: int | None = None  # serve /metrics here (run_worker); None: not served
 
 
 async def send_message(ctx: dict[str, Any], *, message_id: str, request: dict[str, Any]) -> str:
@@ -148,6 +152,11 @@ def run_worker(config: WorkerConfig, *, max_backoff_s: float = 5.0) -> None:
     exits on that error. Rather than patch arq (in maintenance mode), the worker is simply
     rebuilt with backoff: its interrupted sends are in ``sending`` and get reconciled.
     """
+    if config.metrics is None:
+        config = dataclasses.replace(config, metrics=WorkerMetrics())
+    if config.metrics_port is not None and config.metrics is not None:
+        config.metrics.serve(config.metrics_port)
+        log.info("worker.metrics", port=config.metrics_port)
     backoff_s = 0.5
     while True:
         try:
@@ -187,6 +196,7 @@ def create_worker(config: WorkerConfig) -> Worker:
                 order=ConversationOrder(redis, queue_name=config.queue_name),
                 limiter=RateLimiter(redis, config.limits),
                 config=config.delivery,
+                metrics=config.metrics,
             ),
         )
 

@@ -1,0 +1,84 @@
+"""The gateway's ``/metrics``: what Redis holds (queue, in flight, dead letters, paused numbers).
+
+These are read at scrape time rather than counted, so every gateway reports the same truth
+and a restart loses nothing. Workers serve their own counters (``worker.metrics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis.asyncio import Redis
+
+from producer import keys
+from worker.overview import NumberState, Overview, read_overview
+
+__all__ = ["QueueMetrics"]
+
+
+class QueueMetrics(Collector):
+    """Gauges from one Redis read per scrape, in the gateway's own registry."""
+
+    def __init__(self, redis: Redis, *, queue_name: str, default_mps: float = 80.0) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.default_mps = default_mps
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        self._overview: Overview | None = None
+        self._by_code: dict[str, int] = {}
+
+    async def render(self) -> bytes:
+        """Read Redis, then the exposition text."""
+        self._overview = await read_overview(
+            self.redis, queue_name=self.queue_name, default_mps=self.default_mps
+        )
+        counts = await self.redis.hgetall(keys.DEAD_LETTER_COUNTS)  # type: ignore[misc]
+        self._by_code = {
+            label.removeprefix("code:"): int(value)
+            for label, value in ((k.decode(), v) for k, v in counts.items())
+            if label.startswith("code:")
+        }
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The last read, as gauges (prometheus-client calls this from ``generate_latest``)."""
+        overview = self._overview
+        if overview is None:
+            return
+        yield GaugeMetricFamily(
+            "waq_queue_depth", "Send jobs in the queue, due now or deferred.", overview.queue_depth
+        )
+        yield GaugeMetricFamily("waq_queue_due", "Send jobs due now.", overview.queue_due)
+        yield GaugeMetricFamily("waq_in_flight", "Jobs a worker holds now.", overview.in_flight)
+        yield GaugeMetricFamily(
+            "waq_workers_alive", "1 when a worker polls the queue.", int(overview.workers_alive)
+        )
+        yield GaugeMetricFamily(
+            "waq_dead_letter_queue_size", "Entries in the dead-letter queue.", overview.dead_letters
+        )
+        by_code = GaugeMetricFamily(
+            "waq_dead_letters", "Dead-letter entries by error code.", labels=["code"]
+        )
+        for code, count in sorted(self._by_code.items()):
+            by_code.add_metric([code], count)
+        yield by_code
+        states = dict.fromkeys(NumberState, 0)
+        pending = GaugeMetricFamily(
+            "waq_number_pending", "Messages not yet final, by sender.", labels=["phone_number_id"]
+        )
+        for number in overview.numbers:
+            states[number.state] += 1
+            pending.add_metric([number.phone_number_id], number.pending)
+        yield pending
+        yield GaugeMetricFamily(
+            "waq_paused_numbers", "Sender numbers paused now.", states[NumberState.PAUSED]
+        )
+        yield GaugeMetricFamily(
+            "waq_throttled_numbers",
+            "Sender numbers Meta has slowed down (recovering).",
+            states[NumberState.THROTTLED],
+        )

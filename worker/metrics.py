@@ -1,0 +1,68 @@
+"""A worker's Prometheus metrics: what its sends became, how long Meta took, how long it waited.
+
+Each worker counts only its own work, in its own registry (no global state), and serves it on
+``WAQ_WORKER_METRICS_PORT``; Prometheus sums the workers. What lives in Redis (queue depth,
+dead letters, paused numbers) is read once, by the gateway's ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+__all__ = ["WorkerMetrics"]
+
+# Meta usually answers in 100-500 ms; the tail up to the 15 s timeout matters too.
+_LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
+# A granted slot is at most ``max_sleep_s`` (1 s) away; most are a few ms.
+_WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class WorkerMetrics:
+    """The counters and histograms one worker process updates."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.outcomes = Counter(
+            "waq_send_outcomes",
+            "Send attempts by outcome (accepted, dead, retrying, throttled, paused, unknown) "
+            "and Meta's error code ('' when none).",
+            ["outcome", "code"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "waq_retries",
+            "Attempts that failed and will be retried, by error code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.graph_latency = Histogram(
+            "waq_graph_request_seconds",
+            "Graph API send calls by result (ok, error: Meta answered with an error, "
+            "transport: no answer).",
+            ["result"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rate_limit_wait = Histogram(
+            "waq_rate_limit_wait_seconds",
+            "How long a send slept for its rate-limit slot.",
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.rate_limit_deferrals = Counter(
+            "waq_rate_limit_deferrals",
+            "Sends put back on the queue because their slot was too far away, by limit "
+            "(number, pair, busy).",
+            ["limit"],
+            registry=self.registry,
+        )
+
+    def outcome(self, outcome: str, code: object = None) -> None:
+        """Count one attempt's outcome."""
+        self.outcomes.labels(outcome=outcome, code="" if code is None else str(code)).inc()
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104  # scraped from outside
+        """Serve ``/metrics`` on ``port`` from a daemon thread (prometheus-client's own)."""
+        start_http_server(port, addr=host, registry=self.registry)
