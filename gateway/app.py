@@ -6,15 +6,18 @@ import contextlib
 import hmac
 import json
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api import router
+from gateway.console import console_router
+from gateway.console_auth import LoginRequired
 from gateway.errors import ApiError, error_body, install_error_handlers
 from gateway.state import GatewayConfig, GatewayState, gateway_state
 from gateway.webhooks import verify_signature
@@ -46,6 +49,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(console_router)
+
+    async def login_required(request: Request, exc: Exception) -> Response:
+        target = urllib.parse.urlencode({"next": request.url.path})
+        return RedirectResponse(f"/console/login?{target}", status_code=303)
+
+    app.add_exception_handler(LoginRequired, login_required)
 
     @app.get("/webhooks/whatsapp", response_class=PlainTextResponse, tags=["webhooks"])
     async def verify_webhook(

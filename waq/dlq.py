@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from redis.asyncio import Redis
 
-from producer.errors import InvalidRequest
+from producer.errors import WaqError
 from waq._command import dead_letter_store, open_redis, parse_age, run
 from waq.settings import Settings
 from worker.dead_letters import (
@@ -26,8 +26,9 @@ from worker.dead_letters import (
     DeadLetterStats,
     DeadLetterStore,
     MoveResult,
+    move_each,
 )
-from worker.logs import shorten_phone
+from worker.logs import format_age, shorten_phone
 from worker.template_rewrite import RewriteError, TemplateRewrite
 from worker.windows import WindowStore
 
@@ -386,19 +387,20 @@ def _bulk(
 async def _move_all(
     verb: str, store: DeadLetterStore, letters: list[DeadLetter], act: Act
 ) -> dict[str, int]:
-    outcome: dict[str, int] = {}
     shown = time.monotonic()
-    for done, letter in enumerate(letters, start=1):
-        try:
-            result = (await act(store, letter)).value
-        except (InvalidRequest, RewriteError) as exc:
-            result = "invalid"
-            typer.echo(f"{letter.id}: not moved: {exc.detail}", err=True)
-        outcome[result] = outcome.get(result, 0) + 1
+
+    def refused(letter: DeadLetter, exc: WaqError) -> None:
+        typer.echo(f"{letter.id}: not moved: {exc.detail}", err=True)
+
+    def progress(done: int, total: int) -> None:
+        nonlocal shown
         if done % 500 == 0 or time.monotonic() - shown > 2:
             shown = time.monotonic()
-            typer.echo(f"{verb}: {done}/{len(letters)}", err=True)
-    return outcome
+            typer.echo(f"{verb}: {done}/{total}", err=True)
+
+    return await move_each(
+        letters, lambda letter: act(store, letter), on_refused=refused, on_progress=progress
+    )
 
 
 async def _closed_windows(
@@ -434,11 +436,7 @@ def _table(letters: list[DeadLetter], describe: Callable[[DeadLetter], str] | No
 
 
 def _age(at: float) -> str:
-    seconds = max(0.0, time.time() - at)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+    return format_age(time.time() - at)
 
 
 def _describe(letter: DeadLetter) -> str:

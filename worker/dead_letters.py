@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from producer import keys
 from producer.client import job_payload
-from producer.errors import InvalidRequest
+from producer.errors import InvalidRequest, WaqError
 from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus, StatusEvent
 from producer.status_store import StatusStore
@@ -32,7 +32,9 @@ __all__ = [
     "DeadLetterFilter",
     "DeadLetterStats",
     "DeadLetterStore",
+    "Move",
     "MoveResult",
+    "move_each",
 ]
 
 # arq's lease key for a running job: a requeue waits until the job that dead-lettered the
@@ -419,6 +421,35 @@ class DeadLetterStore:
             args=[letter.id, letter.stored, event.model_dump_json(exclude_none=True)],
         )
         return MoveResult(_text(answer))
+
+
+Move = Callable[[DeadLetter], Awaitable[MoveResult]]
+
+
+async def move_each(
+    letters: list[DeadLetter],
+    move: Move,
+    *,
+    on_refused: Callable[[DeadLetter, WaqError], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """Move entries one by one; count outcomes by ``MoveResult`` (or "invalid").
+
+    An entry whose move raises a ``WaqError`` (its request no longer validates, a template
+    cannot be filled from it) stays in the queue and is reported, and the rest go on.
+    """
+    outcome: dict[str, int] = {}
+    for done, letter in enumerate(letters, start=1):
+        try:
+            result = (await move(letter)).value
+        except WaqError as exc:
+            result = "invalid"
+            if on_refused is not None:
+                on_refused(letter, exc)
+        outcome[result] = outcome.get(result, 0) + 1
+        if on_progress is not None:
+            on_progress(done, len(letters))
+    return outcome
 
 
 def _text(value: bytes | str) -> str:

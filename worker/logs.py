@@ -14,10 +14,19 @@ from typing import Any, Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["SecretMasker", "configure_logging", "shorten_phone"]
+__all__ = ["SecretMasker", "configure_logging", "format_age", "shorten_phone"]
 
 _PHONE_KEYS = frozenset({"to", "recipient", "wa_id", "from_", "customer"})
 _SECRET_KEY = re.compile(r"token|secret|password|api_key|authorization", re.IGNORECASE)
+
+
+def format_age(seconds: float) -> str:
+    """A duration as an operator reads it in a table: 45s, 12m, 3h, 2d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def shorten_phone(number: str) -> str:

@@ -1,0 +1,409 @@
+"""The operators' web console at ``/console``: dead letters, numbers, health check.
+
+Server-rendered Jinja pages and plain HTML forms, no front-end build. Every change to the
+dead-letter queue goes through a confirmation page that lists what will move; the move itself
+is the same per-entry script the CLI uses (``DeadLetterStore``), so a console action is as
+crash-safe as ``waq dlq``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
+
+from gateway.console_auth import (
+    COOKIE,
+    SESSION_S,
+    ConsoleSession,
+    LoginRequired,
+    issue_session,
+    read_session,
+)
+from gateway.errors import ApiError
+from gateway.health import run_health_check
+from gateway.state import GatewayState, gateway_state
+from producer import keys
+from producer.errors import WaqError
+from producer.recipient import normalize_recipient
+from worker.dead_letters import DeadLetter, DeadLetterFilter, MoveResult, move_each
+from worker.error_table import Suggestion
+from worker.logs import format_age
+from worker.overview import read_overview
+from worker.pauses import PauseStore
+from worker.template_rewrite import TemplateRewrite
+
+__all__ = ["console_router"]
+
+State = Annotated[GatewayState, Depends(gateway_state)]
+_PAGE_SIZE = 100
+
+
+class Selection(BaseModel):
+    """What an operator picked on the dead-letter page: ids, or a filter (carried in forms)."""
+
+    ids: list[str] = []
+    code: str = ""
+    suggestion: str = ""
+    phone_number_id: str = ""
+    to: str = ""
+    older_than_h: str = ""
+
+    def as_filter(self) -> DeadLetterFilter:
+        """The store's filter; an unparseable age is a 400 naming the field."""
+        older = None
+        if self.older_than_h:
+            try:
+                older = float(self.older_than_h) * 3600
+            except ValueError:
+                raise ApiError(
+                    "older_than_h must be a number of hours", code="invalid_filter",
+                    status_code=400, field="older_than_h",
+                ) from None  # fmt: skip
+        return DeadLetterFilter(
+            ids=tuple(self.ids) if self.ids else None,
+            code=self.code or None,
+            suggestion=self.suggestion or None,
+            phone_number_id=self.phone_number_id or None,
+            to=self.to or None,
+            older_than_s=older,
+        )
+
+    def query(self) -> str:
+        """The filter as a query string (ids are not carried in links)."""
+        fields = {name: getattr(self, name) for name in Selection.model_fields if name != "ids"}
+        return urllib.parse.urlencode({k: v for k, v in fields.items() if v})
+
+
+class DeadLetterAction(Selection):
+    """A console form that moves dead letters: the selection, the action, its template."""
+
+    action: str
+    csrf: str
+    template: str = ""
+    language: str = "en_US"
+    params: str = "{text}"
+
+    def rewrite(self) -> TemplateRewrite | None:
+        """The template to rewrite into (requeue-template), or None; 400 if it is not named."""
+        return _rewrite(self.action, self.template, self.language, self.params)
+
+
+class TestMessageForm(BaseModel):
+    """The health page's test-message form."""
+
+    phone_number_id: str
+    to: str
+    csrf: str
+    text: str = "waq health check"
+
+
+def _session(request: Request) -> ConsoleSession:
+    state = gateway_state(request)
+    session = read_session(request.cookies.get(COOKIE), state.config.admin_keys)
+    if session is None:
+        raise LoginRequired
+    return session
+
+
+Session = Annotated[ConsoleSession, Depends(_session)]
+
+
+console_router = APIRouter(prefix="/console", include_in_schema=False)
+"""The console's routes (the gateway app includes them)."""
+
+
+@functools.cache
+def _templates() -> Jinja2Templates:
+    # Built on first render, not at import: no work at module level.
+    templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+    templates.env.filters["age"] = lambda at: format_age(time.time() - at)
+    templates.env.filters["when"] = _when
+    return templates
+
+
+def page(
+    request: Request, name: str, session: ConsoleSession | None, status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:  # fmt: skip
+    """Render a console page with the session's CSRF token."""
+    return _templates().TemplateResponse(
+        request,
+        name,
+        {"csrf": session.csrf if session else "", "signed_in": session is not None,
+         **context},
+        status_code=status_code,
+    )  # fmt: skip
+
+
+def check_csrf(session: ConsoleSession, given: str) -> None:
+    if not session.csrf_ok(given):
+        raise ApiError("the form's CSRF token is wrong", code="csrf_failed", status_code=403)
+
+
+@console_router.get("/login")
+async def login_form(request: Request, state: State, next: str = "/console") -> HTMLResponse:
+    enabled = bool(state.config.admin_keys)
+    return page(request, "login.html", None, enabled=enabled, next=_local(next), error=None)
+
+
+@console_router.post("/login")
+async def login(
+    request: Request,
+    state: State,
+    admin_key: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/console",
+) -> Response:
+    matching = [k for k in state.config.admin_keys if _same(admin_key, k)]
+    if not matching:
+        return page(
+            request, "login.html", None, status_code=401, enabled=bool(state.config.admin_keys),
+            next=_local(next), error="That admin key is not one of WAQ_ADMIN_KEYS.",
+        )  # fmt: skip
+    session = issue_session(matching[0])
+    response = RedirectResponse(_local(next), status_code=303)
+    response.set_cookie(
+        COOKIE, session.token, max_age=SESSION_S, httponly=True, samesite="strict",
+        secure=request.url.scheme == "https", path="/console",
+    )  # fmt: skip
+    return response
+
+
+@console_router.post("/logout")
+async def logout(session: Session, csrf: Annotated[str, Form()]) -> Response:
+    check_csrf(session, csrf)
+    response = RedirectResponse("/console/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+@console_router.get("")
+async def home(session: Session) -> Response:
+    return RedirectResponse("/console/dead-letters", status_code=303)
+
+
+@console_router.get("/dead-letters")
+async def dead_letters(
+    request: Request,
+    state: State,
+    session: Session,
+    selection: Annotated[Selection, Query()],
+    notice: str = "",
+) -> HTMLResponse:
+    selection.ids = []
+    stats = await state.dead_letters.stats()
+    letters: list[DeadLetter] = []
+    matching = 0
+    async for letter in state.dead_letters.scan(selection.as_filter()):
+        matching += 1
+        if len(letters) < _PAGE_SIZE:
+            letters.append(letter)
+    return page(
+        request, "dead_letters.html", session, stats=stats, letters=letters,
+        matching=matching, selection=selection, notice=notice,
+        suggestions=[s.value for s in Suggestion], now=time.time(),
+    )  # fmt: skip
+
+
+@console_router.get("/dead-letters/{message_id}")
+async def dead_letter(
+    request: Request, state: State, session: Session, message_id: str
+) -> HTMLResponse:
+    letter = await state.dead_letters.get(message_id)
+    if letter is None:
+        return page(request, "gone.html", session, status_code=404, message_id=message_id)
+    return page(request, "dead_letter.html", session, letter=letter, now=time.time())
+
+
+@console_router.post("/dead-letters/confirm")
+async def confirm(
+    request: Request, state: State, session: Session, form: Annotated[DeadLetterAction, Form()]
+) -> HTMLResponse:
+    check_csrf(session, form.csrf)
+    rewrite = form.rewrite()
+    letters = [x async for x in state.dead_letters.scan(form.as_filter())]
+    plans = {letter.id: _plan(form.action, letter, rewrite) for letter in letters[:_PAGE_SIZE]}
+    return page(
+        request, "confirm.html", session, form=form, letters=letters[:_PAGE_SIZE],
+        total=len(letters), plans=plans,
+    )  # fmt: skip
+
+
+@console_router.post("/dead-letters/apply")
+async def apply(
+    state: State, session: Session, form: Annotated[DeadLetterAction, Form()]
+) -> Response:
+    check_csrf(session, form.csrf)
+    rewrite = form.rewrite()
+    store = state.dead_letters
+    letters = [x async for x in store.scan(form.as_filter())]
+
+    async def move(letter: DeadLetter) -> MoveResult:
+        if form.action == "purge":
+            return await store.purge(letter, note="from the console")
+        request = rewrite.request_for(letter) if rewrite else None
+        note = f"from the console, as template {form.template}" if rewrite else "from the console"
+        return await store.requeue(letter, request=request, note=note)
+
+    outcome = await move_each(letters, move)
+    done = outcome.pop(MoveResult.OK.value, 0)
+    verb = {"purge": "Purged", "requeue": "Requeued"}.get(form.action, "Requeued as template")
+    notice = f"{verb} {done}." + (
+        " Skipped " + ", ".join(f"{n} {why}" for why, n in sorted(outcome.items())) + "."
+        if outcome
+        else ""
+    )
+    query = urllib.parse.urlencode({"notice": notice})
+    return RedirectResponse(f"/console/dead-letters?{query}", status_code=303)
+
+
+@console_router.get("/numbers")
+async def numbers(
+    request: Request, state: State, session: Session, notice: str = ""
+) -> HTMLResponse:
+    overview = await read_overview(
+        state.redis, queue_name=state.config.queue_name, default_mps=state.config.default_mps
+    )
+    return page(request, "numbers.html", session, overview=overview, notice=notice)
+
+
+@console_router.post("/numbers/{phone_number_id}/pause")
+async def pause(
+    state: State,
+    session: Session,
+    phone_number_id: str,
+    csrf: Annotated[str, Form()],
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    check_csrf(session, csrf)
+    paused = await PauseStore(state.redis).pause(
+        phone_number_id, reason=reason or "paused from the console", code=None, by="operator"
+    )
+    notice = f"{phone_number_id} {'paused' if paused else 'was already paused'}."
+    return RedirectResponse(
+        "/console/numbers?" + urllib.parse.urlencode({"notice": notice}), status_code=303
+    )
+
+
+@console_router.post("/numbers/{phone_number_id}/resume")
+async def resume(
+    state: State, session: Session, phone_number_id: str, csrf: Annotated[str, Form()]
+) -> Response:
+    check_csrf(session, csrf)
+    resumed = await PauseStore(state.redis).resume(phone_number_id)
+    notice = f"{phone_number_id} {'resumed' if resumed else 'was not paused'}."
+    return RedirectResponse(
+        "/console/numbers?" + urllib.parse.urlencode({"notice": notice}), status_code=303
+    )
+
+
+@console_router.get("/health")
+async def health(
+    request: Request, state: State, session: Session, phone_number_id: str = ""
+) -> HTMLResponse:
+    report = None
+    if phone_number_id:
+        report = await run_health_check(
+            state.redis, state.producer, phone_number_id=phone_number_id,
+            queue_name=state.config.queue_name, timeout_s=state.config.health_timeout_s,
+        )  # fmt: skip
+    return page(
+        request, "health.html", session, report=report, phone_number_id=phone_number_id,
+        configurations=await _configurations(state), recent=await _recent(state,
+        phone_number_id), to="", text="waq health check", error=None,
+    )  # fmt: skip
+
+
+@console_router.post("/health/test")
+async def health_test(
+    request: Request, state: State, session: Session, form: Annotated[TestMessageForm, Form()]
+) -> HTMLResponse:
+    check_csrf(session, form.csrf)
+    phone_number_id, to, text = form.phone_number_id, form.to, form.text
+    error = None
+    report = None
+    try:
+        recipient = normalize_recipient(to)
+    except ValueError as exc:
+        error = f"to: {exc}"
+    else:
+        report = await run_health_check(
+            state.redis, state.producer, phone_number_id=phone_number_id,
+            queue_name=state.config.queue_name, to=recipient, text=text or None,
+            timeout_s=state.config.health_timeout_s,
+        )  # fmt: skip
+    return page(
+        request, "health.html", session, report=report, phone_number_id=phone_number_id,
+        configurations=await _configurations(state), recent=await _recent(state,
+        phone_number_id), to=to, text=text, error=error,
+        status_code=400 if error else 200,
+    )  # fmt: skip
+
+
+def _rewrite(action: str, template: str, language: str, params: str) -> TemplateRewrite | None:
+    if action not in {"requeue", "requeue-template", "purge"}:
+        raise ApiError(f"unknown action {action!r}", code="invalid_action", status_code=400)
+    if action != "requeue-template":
+        return None
+    if not template.strip():
+        raise ApiError(
+            "name the approved template", code="invalid_request", status_code=400, field="template"
+        )
+    parameters = tuple(line.strip() for line in params.splitlines() if line.strip())
+    return TemplateRewrite(name=template.strip(), language=language.strip(), parameters=parameters)
+
+
+def _plan(action: str, letter: DeadLetter, rewrite: TemplateRewrite | None) -> str:
+    """One line per entry on the confirmation page: what will happen to it."""
+    if action == "purge":
+        return "removed from the queue for good"
+    try:
+        request = rewrite.request_for(letter) if rewrite else letter.request
+    except WaqError as exc:
+        return f"stays: {exc.detail}"
+    if rewrite is None:
+        return "sent again as it was"
+    template = request["message"]["template"]
+    texts = [p["text"] for c in template.get("components", []) for p in c["parameters"]]
+    return f"sent as template {template['name']} with {texts}"
+
+
+async def _configurations(state: GatewayState) -> list[str]:
+    """The numbers an operator may check: the default, and every number waq has seen."""
+    overview = await read_overview(state.redis, queue_name=state.config.queue_name)
+    seen = [n.phone_number_id for n in overview.numbers]
+    default = state.config.default_phone_number_id
+    return ([default] if default else []) + [n for n in seen if n != default]
+
+
+async def _recent(state: GatewayState, phone_number_id: str) -> list[tuple[str, float]]:
+    """Customers whose window with this number is open (they wrote in the last 24 h)."""
+    if not phone_number_id:
+        return []
+    found: list[tuple[str, float]] = []
+    async for key in state.redis.scan_iter(match=keys.window(phone_number_id, "*"), count=1000):
+        raw = await state.redis.get(key)
+        if raw is not None:
+            found.append(("+" + key.decode().rsplit(":", 1)[1], float(raw)))
+    return sorted(found, key=lambda item: -item[1])[:10]
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _local(target: str) -> str:
+    """Only redirect within the console (an open redirect would help phishing)."""
+    return target if target.startswith("/console") and "//" not in target else "/console"
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))

@@ -1,0 +1,268 @@
+"""The operators' console in headless Chromium (Debian's package) through Playwright.
+
+The scene is real: dead letters made by the pipeline, the gateway over HTTP, a worker in the
+background for the health check, the sandbox as Meta. Screenshots go to
+test-artifacts/console/. Without a Chromium the tests skip, unless WAQ_REQUIRE_BROWSER=1
+(CI sets it), where a missing browser fails them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from gateway import GatewayConfig, create_app
+from producer import keys
+from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
+from tests.support import ACCESS_TOKEN, CUSTOMER, STRANGER, Pipeline
+from worker.runner import WorkerConfig, create_worker
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+ADMIN_KEY = "test-admin-key"
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "console"
+LATE = "+16505550199"  # another customer whose window closed
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str | None:
+    found = os.environ.get("WAQ_CHROMIUM") or shutil.which("chromium")
+    return found or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def console_server(redis_url: str, sandbox_server: SandboxServer) -> Iterator[BackgroundServer]:
+    """A gateway with an admin key, on the session's Valkey and sandbox."""
+    config = GatewayConfig(
+        redis_url=redis_url,
+        admin_keys=(ADMIN_KEY,),
+        default_phone_number_id=DEFAULT_PHONE_NUMBER_ID,
+        graph_base_url=sandbox_server.url,
+        health_timeout_s=8,
+    )
+    with BackgroundServer(create_app(config)) as server:
+        yield server
+
+
+@pytest.fixture
+async def page(console_server: BackgroundServer) -> AsyncIterator[playwright_api.Page]:
+    """A fresh headless Chromium page, not yet signed in."""
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("WAQ_REQUIRE_BROWSER") == "1":
+            pytest.fail("WAQ_REQUIRE_BROWSER=1 but no chromium on PATH (apt install chromium)")
+        pytest.skip("no chromium on PATH (apt install chromium)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    async with playwright_api.async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        context = await browser.new_context(
+            base_url=console_server.url, viewport={"width": 1280, "height": 800}
+        )
+        context.set_default_timeout(8_000)
+        try:
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def running_worker(
+    redis_url: str, sandbox_server: SandboxServer, redis: Redis
+) -> AsyncIterator[None]:
+    """A worker polling in the background (the health check runs its Graph part as a job)."""
+    worker = create_worker(
+        WorkerConfig(
+            redis_url=redis_url,
+            access_token=SecretStr(ACCESS_TOKEN),
+            graph_base_url=sandbox_server.url,
+            poll_delay_s=0.01,
+            health_probe_s=None,
+        )
+    )
+    task = asyncio.create_task(worker.main())
+    for _ in range(200):
+        if await redis.exists(keys.DEFAULT_QUEUE + ":health-check"):
+            break
+        await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.close()
+
+
+async def sign_in(page: playwright_api.Page) -> None:
+    await page.goto("/console/dead-letters")
+    await page.fill("input[name=admin_key]", ADMIN_KEY)
+    await page.click("button[type=submit]")
+    await page.wait_for_url("**/console/dead-letters")
+
+
+async def shot(page: playwright_api.Page, name: str) -> None:
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def test_sign_in_is_required_and_checks_the_key(page: playwright_api.Page) -> None:
+    """A page without a session redirects to sign-in; a wrong key is refused with a reason."""
+    await page.goto("/console/numbers")
+    assert "/console/login" in page.url
+    await page.fill("input[name=admin_key]", "not-the-key")
+    await page.click("button[type=submit]")
+    assert "not one of WAQ_ADMIN_KEYS" in await page.inner_text("[role=alert]")
+    await page.fill("input[name=admin_key]", ADMIN_KEY)
+    await page.click("button[type=submit]")
+    await page.wait_for_url("**/console/numbers")  # back where the operator was going
+
+
+async def test_drain_131047s_by_filter_requeue_and_template(
+    page: playwright_api.Page, pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """Filter by code, look at one, requeue after the customer wrote back, rewrite another as
+    a template, purge a wrong number: each confirmed, each entry gone, each message delivered."""
+    await sandbox.set_recipient("16505550000", registered=False)
+    first = await pipeline.send(to=STRANGER, message={"type": "text", "text": {"body": "one"}})
+    second = await pipeline.send(to=STRANGER, message={"type": "text", "text": {"body": "two"}})
+    late = await pipeline.send(to=LATE, message={"type": "text", "text": {"body": "Your order"}})
+    await pipeline.customer_writes(sandbox, "+16505550000")
+    wrong = await pipeline.send(to="+16505550000")
+    await pipeline.run_worker()
+    assert await pipeline.dead_letters.count() == 4
+
+    await sign_in(page)
+    assert "Dead letters (4)" in await page.inner_text("h1")
+    await shot(page, "01-dead-letters")
+
+    await page.click("#codes a[data-code='131047']")
+    await page.wait_for_url("**code=131047**")
+    rows = page.locator("#letters tbody tr")
+    assert await rows.count() == 3
+    assert "3 matches" in await page.inner_text("#matching")
+    await shot(page, "02-filtered-131047")
+
+    await page.click(f"a[href='/console/dead-letters/{first.message_id}']")
+    assert "send_template" in await page.inner_text("#hint")
+    assert '"body": "one"' in await page.inner_text("#request")
+    await shot(page, "03-detail")
+
+    # The customer wrote back: their two messages can go as they were.
+    await pipeline.customer_writes(sandbox, STRANGER)
+    await page.goto(f"/console/dead-letters?code=131047&to={STRANGER.lstrip('+')}")
+    await page.click("#bulk button[value=requeue]")
+    assert "Requeue 2 dead letters?" in await page.inner_text("h1")
+    assert await page.locator("#plan tbody tr").count() == 2
+    await shot(page, "04-confirm-requeue")
+    await page.click("#apply button[type=submit]")
+    assert "Requeued 2." in await page.inner_text("[role=status]")
+    await shot(page, "05-requeued")
+    assert await pipeline.dead_letters.get(first.message_id) is None
+    assert await pipeline.dead_letters.get(second.message_id) is None
+
+    # The other customer did not: send an approved template carrying the original text.
+    await page.goto(f"/console/dead-letters/{late.message_id}")
+    await page.fill("input[name=template]", "waq_followup")
+    await page.fill("input[name=language]", "en")
+    await page.click("button[value=requeue-template]")
+    assert "sent as template waq_followup with ['Your order']" in await page.inner_text("#plan")
+    await page.click("#apply button[type=submit]")
+    assert "Requeued as template 1." in await page.inner_text("[role=status]")
+
+    # The unregistered number: nothing to send; purge it.
+    await page.goto(f"/console/dead-letters/{wrong.message_id}")
+    assert "131026" in await page.inner_text("#error")
+    await page.click("button[value=purge]")
+    assert "gone for good" in await page.inner_text("main")
+    await page.click("#apply button[type=submit]")
+    assert "Purged 1." in await page.inner_text("[role=status]")
+    assert "Dead letters (0)" in await page.inner_text("h1")
+
+    await pipeline.run_worker()
+    for message_id in (first.message_id, second.message_id, late.message_id):
+        assert (await pipeline.status(message_id)).state.value == "accepted"
+    ledger = await sandbox.ledger()
+    sent = {entry["body"]["to"]: entry["body"] for entry in ledger}
+    assert sorted(e["body"]["text"]["body"] for e in ledger if e["body"]["to"] == STRANGER) == [
+        "one",
+        "two",
+    ]
+    assert sent[LATE]["template"]["components"][0]["parameters"][0]["text"] == "Your order"
+
+
+async def test_pause_and_resume_a_number(page: playwright_api.Page, pipeline: Pipeline) -> None:
+    """The numbers page pauses a number with a reason (after a confirm dialog), then resumes it."""
+    await pipeline.send(to=CUSTOMER)
+    await sign_in(page)
+    await page.goto("/console/numbers")
+    row = page.locator(f"#numbers tr[data-number='{DEFAULT_PHONE_NUMBER_ID}']")
+    assert "sending" in await row.inner_text()
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await row.locator("input[name=reason]").fill("template review")
+    await row.locator("button").click()
+    await page.wait_for_selector("[role=status]")
+    assert "paused" in await row.inner_text()
+    assert "template review" in await row.inner_text()
+    pause = await pipeline.pauses.get(DEFAULT_PHONE_NUMBER_ID)
+    assert pause is not None
+    assert pause.by == "operator"
+    await shot(page, "06-numbers-paused")
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await row.locator("button").click()
+    await page.wait_for_selector("text=resumed")
+    assert await pipeline.pauses.get(DEFAULT_PHONE_NUMBER_ID) is None
+
+
+async def test_health_check_then_a_test_message(
+    page: playwright_api.Page, pipeline: Pipeline, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """Pick the configuration, run the check, then send a test message to a customer who wrote
+    in (suggested on the page) and read the result; a stranger's fails with the reason."""
+    await pipeline.customer_writes(sandbox, CUSTOMER)
+    await sign_in(page)
+    await page.goto("/console/health")
+    await page.select_option("select[name=phone_number_id]", DEFAULT_PHONE_NUMBER_ID)
+    await page.click("#pick button[type=submit]")
+    assert (await page.inner_text("#verdict")) in {"HEALTHY", "DEGRADED"}
+    assert "ok" in await page.inner_text("#checks tr[data-check='phone_number_access']")
+    assert CUSTOMER in await page.inner_text("#test")  # wrote in recently
+    await page.fill("#test input[name=to]", CUSTOMER)
+    await page.click("#test button[type=submit]")
+    result = await page.inner_text("#test-result")
+    assert "Meta accepted the test message" in result
+    await shot(page, "07-health-test-message")
+    await page.fill("#test input[name=to]", STRANGER)
+    await page.click("#test button[type=submit]")
+    assert "window is closed" in await page.inner_text("#test-result")
+
+
+async def test_forms_without_the_session_token_are_refused(
+    console_server: BackgroundServer, pipeline: Pipeline
+) -> None:
+    """A POST with the session cookie but a wrong CSRF token changes nothing (403)."""
+    await pipeline.send(to=STRANGER)
+    await pipeline.run_worker()
+    async with httpx.AsyncClient(base_url=console_server.url) as client:
+        signed = await client.post("/console/login", data={"admin_key": ADMIN_KEY})
+        assert signed.status_code == 303
+        forged = await client.post(
+            "/console/dead-letters/apply",
+            data={"action": "purge", "csrf": "forged", "code": "131047"},
+        )
+    assert forged.status_code == 403
+    assert forged.json()["error"] == "csrf_failed"
+    assert await pipeline.dead_letters.count() == 1
