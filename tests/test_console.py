@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.async_api import Page, async_playwright
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -24,8 +25,6 @@ from producer import keys
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
 from tests.support import ACCESS_TOKEN, CUSTOMER, STRANGER, Pipeline
 from worker.runner import WorkerConfig, create_worker
-
-playwright_api = pytest.importorskip("playwright.async_api")
 
 ADMIN_KEY = "test-admin-key"
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "console"
@@ -61,7 +60,7 @@ def console_server(redis_url: str, sandbox_server: SandboxServer) -> Iterator[Ba
 
 
 @pytest.fixture
-async def page(console_server: BackgroundServer) -> AsyncIterator[playwright_api.Page]:
+async def page(console_server: BackgroundServer) -> AsyncIterator[Page]:
     """A fresh headless Chromium page, not yet signed in."""
     executable = chromium_path()
     if executable is None:
@@ -69,7 +68,7 @@ async def page(console_server: BackgroundServer) -> AsyncIterator[playwright_api
             pytest.fail("WAQ_REQUIRE_BROWSER=1 but no chromium on PATH (apt install chromium)")
         pytest.skip("no chromium on PATH (apt install chromium)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    async with playwright_api.async_playwright() as driver:
+    async with async_playwright() as driver:
         browser = await driver.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         context = await browser.new_context(
             base_url=console_server.url, viewport={"width": 1280, "height": 800}
@@ -108,18 +107,18 @@ async def running_worker(
         await worker.close()
 
 
-async def sign_in(page: playwright_api.Page) -> None:
+async def sign_in(page: Page) -> None:
     await page.goto("/console/dead-letters")
     await page.fill("input[name=admin_key]", ADMIN_KEY)
     await page.click("button[type=submit]")
     await page.wait_for_url("**/console/dead-letters")
 
 
-async def shot(page: playwright_api.Page, name: str) -> None:
+async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-async def test_sign_in_is_required_and_checks_the_key(page: playwright_api.Page) -> None:
+async def test_sign_in_is_required_and_checks_the_key(page: Page) -> None:
     """A page without a session redirects to sign-in; a wrong key is refused with a reason."""
     await page.goto("/console/numbers")
     assert "/console/login" in page.url
@@ -132,7 +131,7 @@ async def test_sign_in_is_required_and_checks_the_key(page: playwright_api.Page)
 
 
 async def test_drain_131047s_by_filter_requeue_and_template(
-    page: playwright_api.Page, pipeline: Pipeline, sandbox: SandboxClient
+    page: Page, pipeline: Pipeline, sandbox: SandboxClient
 ) -> None:
     """Filter by code, look at one, requeue after the customer wrote back, rewrite another as
     a template, purge a wrong number: each confirmed, each entry gone, each message delivered."""
@@ -204,7 +203,7 @@ async def test_drain_131047s_by_filter_requeue_and_template(
     assert sent[LATE]["template"]["components"][0]["parameters"][0]["text"] == "Your order"
 
 
-async def test_pause_and_resume_a_number(page: playwright_api.Page, pipeline: Pipeline) -> None:
+async def test_pause_and_resume_a_number(page: Page, pipeline: Pipeline) -> None:
     """The numbers page pauses a number with a reason (after a confirm dialog), then resumes it."""
     await pipeline.send(to=CUSTOMER)
     await sign_in(page)
@@ -228,7 +227,7 @@ async def test_pause_and_resume_a_number(page: playwright_api.Page, pipeline: Pi
 
 
 async def test_health_check_then_a_test_message(
-    page: playwright_api.Page, pipeline: Pipeline, sandbox: SandboxClient, running_worker: None
+    page: Page, pipeline: Pipeline, sandbox: SandboxClient, running_worker: None
 ) -> None:
     """Pick the configuration, run the check, then send a test message to a customer who wrote
     in (suggested on the page) and read the result; a stranger's fails with the reason."""
