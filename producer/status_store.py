@@ -126,6 +126,10 @@ class StatusStore:
         )
         return bool(result == 1)
 
+    async def count_job_error(self, message_id: str) -> int:
+        """One more crash of the message's send job; returns the count."""
+        return int(await self.redis.hincrby(keys.message(message_id), "job_errors", 1))  # type: ignore[misc]
+
     async def message_id_for_wamid(self, wamid: str) -> str | None:
         """The waq message behind a wamid, if waq sent it within the retention."""
         raw = await self.redis.get(keys.wamid(wamid))
@@ -152,6 +156,7 @@ class StatusStore:
             to=fields.get("to", ""),
             type=fields.get("type", ""),
             attempts=int(fields.get("attempts", 0)),
+            job_errors=int(fields.get("job_errors", 0)),
             wamid=fields.get("wamid"),
             next_attempt_at=float(fields["next_attempt_at"])
             if "next_attempt_at" in fields

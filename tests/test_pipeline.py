@@ -231,3 +231,38 @@ async def test_rerun_of_an_accepted_message_does_not_resend(
     )
     await pipeline.run_worker()
     assert len(await sandbox.ledger()) == 1
+
+
+async def test_a_long_pause_is_not_counted_as_crashes(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """A job re-run thousands of times while its number is paused is still not dead-lettered."""
+    await pipeline.customer_writes(sandbox)
+    await pipeline.pauses.pause(PNID, reason="weekend", code=None, by="operator")
+    enqueued = await pipeline.send()
+    await pipeline.redis.set(f"arq:retry:{enqueued.message_id}", 5000)  # arq's job_try
+    await pipeline.run_worker(max_burst_jobs=1)
+    status = await pipeline.status(enqueued.message_id)
+    assert status.state is MessageState.QUEUED
+    assert await pipeline.dead_letters.count() == 0
+    await pipeline.pauses.resume(PNID)
+    await pipeline.run_worker()
+    assert (await pipeline.status(enqueued.message_id)).state is MessageState.ACCEPTED
+
+
+async def test_a_job_that_keeps_crashing_is_dead_lettered(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """Each crash is counted on the message; at max_job_errors it becomes a dead letter."""
+    enqueued = await pipeline.send()
+    await pipeline.redis.set(f"waq:window:{PNID}:{CUSTOMER.lstrip('+')}", "not a time")
+    await pipeline.run_worker(max_burst_jobs=1)
+    assert (await pipeline.status(enqueued.message_id)).job_errors == 1
+    await pipeline.redis.hset(f"waq:msg:{enqueued.message_id}", "job_errors", 50)
+    await pipeline.redis.zadd("waq:queue", {enqueued.message_id: 1})  # due (arq skips 0)
+    await pipeline.run_worker()
+    letter = await pipeline.dead_letters.get(enqueued.message_id)
+    assert letter is not None
+    assert letter.code == "too_many_errors"
+    assert "send.error" in letter.hint
+    assert await sandbox.ledger() == []

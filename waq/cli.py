@@ -221,6 +221,7 @@ def dev(
             "app_secret": SecretStr(sandbox_config.app_secret),
             "verify_token": SecretStr("dev-verify-token"),
             "api_keys": [SecretStr("dev-key")],
+            "admin_keys": [SecretStr("dev-admin-key")],
             "default_phone_number_id": DEFAULT_PHONE_NUMBER_ID,
         }
     )
@@ -233,6 +234,7 @@ def dev(
         config = dataclasses.replace(gateway_config(settings), redis_url=redis_url)
         with BackgroundServer(create_app(config), port=port):
             typer.echo(f"gateway {gateway_url} (X-API-Key: dev-key), sandbox {fake_meta.url}")
+            typer.echo(f"console {gateway_url}/console (admin key: dev-admin-key)")
             typer.echo(f"export WAQ_REDIS_URL={redis_url}")
             typer.echo(
                 f"try: curl -s -X POST {gateway_url}/v1/sandbox/inbound -H 'X-API-Key: dev-key' "

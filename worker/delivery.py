@@ -55,9 +55,9 @@ class DeliveryConfig:
     reconcile_check_s: float = 2.0
     ambiguous_policy: Literal["resend", "dead_letter"] = "resend"
     slot_tries: int = 5
-    # A job re-run this many times without recording an outcome is a bug or a dead Redis;
-    # past it the message is dead-lettered instead of looping forever.
-    max_job_runs: int = 1000
+    # A job that crashed this many times (an exception, not a wait: a pause may last days)
+    # is a bug or poisoned data; past it the message is dead-lettered instead of looping.
+    max_job_errors: int = 50
 
 
 class Deliverer:
@@ -86,7 +86,7 @@ class Deliverer:
         self.config = config
         self.metrics = metrics or WorkerMetrics()
 
-    async def deliver(self, message_id: str, raw_request: dict[str, Any], *, job_try: int) -> str:
+    async def deliver(self, message_id: str, raw_request: dict[str, Any]) -> str:
         """Run one attempt; return the state reached, or raise arq's ``Retry`` to come back."""
         status = await self.statuses.get(message_id)
         if status is not None and status.state in FINAL_STATES:
@@ -113,10 +113,10 @@ class Deliverer:
                 suggestion=Suggestion.FIX_REQUEST,
                 hint="the queued request no longer validates: fix and requeue it",
             )
-        if job_try > self.config.max_job_runs:
+        if status is not None and status.job_errors >= self.config.max_job_errors:
             error = {
-                "code": "too_many_runs",
-                "title": f"job ran {job_try} times without an outcome",
+                "code": "too_many_errors",
+                "title": f"the send job failed {status.job_errors} times with an exception",
             }
             return await self._dead(
                 message_id,
@@ -124,7 +124,7 @@ class Deliverer:
                 status=status,
                 error=error,
                 suggestion=Suggestion.CONTACT_SUPPORT,
-                hint="waq could not record an outcome; check worker logs",
+                hint="waq kept failing on this message: check the worker logs (send.error)",
             )
         if status is not None and status.state is MessageState.SENDING:
             resend = await self._reconcile(message_id, raw_request, status)

@@ -90,15 +90,18 @@ async def send_message(ctx: dict[str, Any], *, message_id: str, request: dict[st
         message_id=message_id, job_try=job_try, phone_number_id=request.get("phone_number_id")
     )
     try:
-        return await deliverer.deliver(message_id, request, job_try=job_try)
+        return await deliverer.deliver(message_id, request)
     except Retry:
         raise
     except Exception:
         # A bug or a Redis outage: arq would drop the job. Come back later instead; the
-        # run counter in Deliverer ends a job that never records an outcome.
+        # message's crash count (job_errors) lets Deliverer end a job that always fails.
         with contextlib.suppress(Exception):  # a broken log sink must not drop the job
             log.exception("send.error")
-        raise Retry(defer=backoff_s(job_try, cap_s=60)) from None
+        errors = job_try
+        with contextlib.suppress(Exception):  # Redis may be what failed
+            errors = await deliverer.statuses.count_job_error(message_id)
+        raise Retry(defer=backoff_s(errors, cap_s=60)) from None
     finally:
         structlog.contextvars.clear_contextvars()
 
