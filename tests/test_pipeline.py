@@ -258,7 +258,7 @@ async def test_a_job_that_keeps_crashing_is_dead_lettered(
     await pipeline.redis.set(f"waq:window:{PNID}:{CUSTOMER.lstrip('+')}", "not a time")
     await pipeline.run_worker(max_burst_jobs=1)
     assert (await pipeline.status(enqueued.message_id)).job_errors == 1
-    await pipeline.redis.hset(f"waq:msg:{enqueued.message_id}", "job_errors", 50)
+    await pipeline.redis.hset(f"waq:msg:{enqueued.message_id}", "job_errors", "50")
     await pipeline.redis.zadd("waq:queue", {enqueued.message_id: 1})  # due (arq skips 0)
     await pipeline.run_worker()
     letter = await pipeline.dead_letters.get(enqueued.message_id)
