@@ -7,7 +7,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import structlog
@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from producer import keys
 from producer.client import SEND_FUNCTION, json_serializer, reconnecting
 from producer.status_store import StatusStore
+from worker.aiohttp_transport import AiohttpTransport
 from worker.backoff import backoff_s
 from worker.dead_letters import DeadLetterStore
 from worker.delivery import Deliverer, DeliveryConfig
@@ -78,6 +79,7 @@ class WorkerConfig:
     max_burst_jobs: int = -1
     poll_delay_s: float = 0.05
     transport: httpx.AsyncBaseTransport | None = None
+    http_client: Literal["httpx", "aiohttp"] = "httpx"  # a transport above wins
     metrics: WorkerMetrics | None = None
     metrics_port: int | None = None  # serve /metrics here (run_worker); None: not served
 
@@ -184,7 +186,12 @@ def create_worker(config: WorkerConfig) -> Worker:
             api_version=config.graph_api_version,
             timeout_s=config.graph_timeout_s,
             max_connections=max(config.concurrency, 10),
-            transport=config.transport,
+            transport=config.transport
+            or (
+                AiohttpTransport(max_connections=max(config.concurrency, 10))
+                if config.http_client == "aiohttp"
+                else None
+            ),
         )
         pauses = PauseStore(redis)
         ctx.update(
