@@ -16,6 +16,7 @@ import asyncio
 import json
 import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,18 +25,15 @@ from arq.worker import Worker, func
 from pydantic import SecretStr
 
 from producer.client import json_serializer
+from sandbox import DEFAULT_PHONE_NUMBER_ID
 from worker.delivery import DeliveryConfig
+from worker.graph import DEFAULT_GRAPH_API_VERSION
 from worker.limits import RateConfig
 from worker.runner import WorkerConfig, create_worker
 
 QUEUE = "bench:queue"
 TOKEN = "bench-token"  # noqa: S105 - the local sandbox's
-BODY = {
-    "messaging_product": "whatsapp",
-    "to": "+16505550000",
-    "type": "text",
-    "text": {"body": "benchmark"},
-}
+BODY = {"messaging_product": "whatsapp", "type": "text", "text": {"body": "benchmark"}}
 
 
 def cpu_s() -> float:
@@ -48,10 +46,12 @@ async def noop(ctx: dict[str, Any], **kwargs: Any) -> None:
     """The cheapest job arq can run."""
 
 
-async def post(ctx: dict[str, Any], **kwargs: Any) -> int:
+async def post(ctx: dict[str, Any], *, to: str) -> int:
     """One bare POST of a text message, the way a hand-rolled task would send it."""
     client: httpx.AsyncClient = ctx["client"]
-    response = await client.post("/v21.0/106540352242922/messages", json=BODY)
+    response = await client.post(
+        f"/{DEFAULT_GRAPH_API_VERSION}/{DEFAULT_PHONE_NUMBER_ID}/messages", json={**BODY, "to": to}
+    )
     return response.status_code
 
 
@@ -91,7 +91,6 @@ def waq_worker(redis_url: str, sandbox_url: str, transport: str, clock: dict[str
         redis_url=redis_url,
         access_token=SecretStr(TOKEN),
         graph_base_url=sandbox_url,
-        graph_api_version="v21.0",
         queue_name=QUEUE,
         burst=True,
         health_probe_s=None,
@@ -120,11 +119,13 @@ def main() -> None:
     parser.add_argument("--transport", choices=["httpx", "aiohttp"], default="httpx")
     args = parser.parse_args()
     clock: dict[str, float] = {}
-    if args.kind == "waq":
-        worker = waq_worker(args.redis_url, args.sandbox_url, args.transport, clock)
-    else:
-        worker = plain_arq(args.kind, args.redis_url, args.sandbox_url, clock)
-    asyncio.run(_run(worker))
+
+    def build() -> Worker:
+        if args.kind == "waq":
+            return waq_worker(args.redis_url, args.sandbox_url, args.transport, clock)
+        return plain_arq(args.kind, args.redis_url, args.sandbox_url, clock)
+
+    asyncio.run(_run(build))
     ended, cpu_end = time.time(), cpu_s()
     print(
         json.dumps(
@@ -140,7 +141,8 @@ def main() -> None:
     )
 
 
-async def _run(worker: Worker) -> None:
+async def _run(build: Callable[[], Worker]) -> None:
+    worker = build()  # inside the loop: arq's Worker binds the running loop when built
     try:
         await worker.main()
     finally:
