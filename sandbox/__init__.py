@@ -10,12 +10,13 @@ from sandbox.config import (
     SandboxConfig,
     TemplateSpec,
     WindowErrors,
+    sender_ids,
 )
 from sandbox.control import SandboxClient
 from sandbox.faults import Fault, Faults
 from sandbox.meta import FakeMeta, LedgerEntry
 from sandbox.meta_error import MetaError
-from sandbox.server import BackgroundServer, SandboxServer, free_port
+from sandbox.server import BackgroundServer, SandboxProcess, SandboxServer, free_port
 from sandbox.signature import sign, verify
 
 __all__ = [
@@ -30,11 +31,13 @@ __all__ = [
     "Sandbox",
     "SandboxClient",
     "SandboxConfig",
+    "SandboxProcess",
     "SandboxServer",
     "TemplateSpec",
     "WindowErrors",
     "create_app",
     "free_port",
+    "sender_ids",
     "sign",
     "verify",
 ]

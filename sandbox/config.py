@@ -11,6 +11,7 @@ __all__ = [
     "SandboxConfig",
     "TemplateSpec",
     "WindowErrors",
+    "sender_ids",
 ]
 
 DEFAULT_PHONE_NUMBER_ID = "106540352242922"
@@ -55,6 +56,11 @@ def _default_templates() -> dict[str, TemplateSpec]:
         "order_confirmation": TemplateSpec(frozenset({"en_US"}), 2),
         "waq_followup": TemplateSpec(frozenset({"en", "en_US"}), 1),
     }
+
+
+def sender_ids(count: int) -> list[str]:
+    """``count`` business number ids: the default one, then the ids after it."""
+    return [str(int(DEFAULT_PHONE_NUMBER_ID) + i) for i in range(count)]
 
 
 @dataclass(slots=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from types import TracebackType
@@ -16,7 +19,7 @@ from starlette.applications import Starlette
 from sandbox.app import DroppedByFault, Sandbox, create_app
 from sandbox.config import SandboxConfig
 
-__all__ = ["BackgroundServer", "SandboxServer", "free_port"]
+__all__ = ["BackgroundServer", "SandboxProcess", "SandboxServer", "free_port"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -126,3 +129,39 @@ class SandboxServer(BackgroundServer):
         """The sandbox's state, for in-process inspection (tests use the HTTP routes instead)."""
         sandbox: Sandbox = self.app.state.sandbox
         return sandbox
+
+
+class SandboxProcess:
+    """``waq sandbox`` in a process of its own, as Meta would be: for load tests and benchmarks.
+
+    A sandbox on a thread of the process it measures would share its GIL and skew the
+    figures; this one has its own interpreter.
+    """
+
+    def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._command = [sys.executable, "-m", "waq", "sandbox", "--port", str(self.port)]
+        self._command += args or []
+        self._env = {**os.environ, "WAQ_LOG_LEVEL": "ERROR", **(env or {})}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        self._process = subprocess.Popen(  # noqa: S603 - runs waq itself
+            self._command, env=self._env, stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.__exit__(None, None, None)
+        raise RuntimeError("the sandbox process did not start in 20 s")
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None

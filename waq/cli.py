@@ -15,13 +15,17 @@ from producer.recipient import normalize_recipient
 from sandbox import (
     DEFAULT_PHONE_NUMBER_ID,
     BackgroundServer,
+    NumberConfig,
     SandboxConfig,
     SandboxServer,
     WindowErrors,
+    sender_ids,
 )
 from waq.demo import run_demo
 from waq.dlq import dlq
 from waq.embedded import redis_for
+from waq.loadtest import LoadTestRefused
+from waq.loadtest_run import LoadRun, Via
 from waq.ops import limits, pause, resume, status
 from waq.settings import Settings
 from worker.delivery import DeliveryConfig
@@ -51,6 +55,9 @@ def sandbox(
     window_errors: Annotated[
         WindowErrors, typer.Option(help="How closed-window sends fail: sync, async or mixed.")
     ] = WindowErrors.SYNC,
+    numbers: Annotated[
+        int, typer.Option(help="Business numbers to serve: the default id and the ones after it.")
+    ] = 1,
 ) -> None:
     """Serve a fake Meta Graph API (and its webhooks) for tests, demos and load tests.
 
@@ -58,7 +65,12 @@ def sandbox(
     (the sandbox's well-known defaults when unset).
     """
     settings = Settings()
-    config = SandboxConfig(webhook_url=webhook_url, seed=seed, window_errors=window_errors)
+    config = SandboxConfig(
+        webhook_url=webhook_url,
+        seed=seed,
+        window_errors=window_errors,
+        numbers={number: NumberConfig() for number in sender_ids(max(1, numbers))},
+    )
     if settings.access_token is not None:
         config.access_token = settings.access_token.get_secret_value()
     if settings.app_secret is not None:
@@ -265,3 +277,57 @@ app.add_typer(limits, name="limits")
 app.command()(pause)
 app.command()(resume)
 app.command()(status)
+
+
+@app.command()
+def loadtest(
+    messages: Annotated[int, typer.Option("--messages", "-n", help="How many to send.")] = 1000,
+    rate: Annotated[float, typer.Option(help="Enqueue rate, msg/s (0: as fast as possible).")] = 0,
+    recipients: Annotated[int, typer.Option(help="Spread over this many recipients.")] = 50,
+    senders: Annotated[int, typer.Option(help="Spread over this many sender numbers.")] = 1,
+    via: Annotated[
+        Via, typer.Option(help="Enqueue through the Python producer or the gateway.")
+    ] = (Via.PRODUCER),
+    embedded: Annotated[
+        bool,
+        typer.Option(help="Start Valkey, the sandbox, a gateway and workers here (no setup)."),
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Worker processes, with --embedded.")] = 2,
+    mps: Annotated[
+        float | None, typer.Option(help="Each sender's rate limit, with --embedded (Meta: 80).")
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Send this approved template instead of text.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Stop watching after this many seconds.")] = 120,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+    allow_production: Annotated[
+        bool,
+        typer.Option(help="Allow a Graph API that is not a sandbox (needs --allow-recipients)."),
+    ] = False,
+    allow_recipients: Annotated[
+        str | None,
+        typer.Option(help="With --allow-production: the only numbers to send to, comma-separated."),
+    ] = None,
+) -> None:
+    """Send bulk test traffic through the pipeline, watch every message to its end, report.
+
+    Refuses any Graph API but the sandbox unless --allow-production and --allow-recipients.
+    """
+    settings = Settings()
+    _configure(settings, level="ERROR")
+    run = LoadRun(
+        messages=messages, rate=rate, recipients=recipients, senders=senders, via=via.value,
+        workers=workers, mps=mps, template=template, timeout_s=timeout,
+        allow_production=allow_production,
+        allow_recipients=[normalize_recipient(n) for n in (allow_recipients or "").split(",")
+                          if n.strip()],
+        say=lambda line: typer.echo(line, err=True),
+    )  # fmt: skip
+    try:
+        report = run.embedded(settings) if embedded else run.configured(settings)
+    except LoadTestRefused as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(report.model_dump_json(indent=2) if as_json else report.render())
+    raise typer.Exit(0 if report.unfinished == 0 else 1)

