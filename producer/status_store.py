@@ -13,6 +13,7 @@ import time
 from typing import Any, Final
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from producer import keys
 from producer.request import SendRequest
@@ -89,10 +90,12 @@ class StatusStore:
         next_attempt_at: float | None = None,
         count_attempt: bool = False,
         at: float | None = None,
+        pipe: Pipeline | None = None,
     ) -> bool:
         """Move a message to ``state`` (unless a later state is already recorded); log the step.
 
-        Returns whether the state moved.
+        Returns whether the state moved. On a caller's ``pipe`` the step is only queued (and
+        the answer, 1 moved / 0 kept, comes from the pipeline): one round trip for several.
         """
         now = time.time()
         always: dict[str, str] = {}
@@ -123,6 +126,7 @@ class StatusStore:
                 json.dumps(moved),
                 ",".join(cleared),
             ],
+            client=pipe,
         )
         return bool(result == 1)
 
@@ -143,9 +147,20 @@ class StatusStore:
     async def get(self, message_id: str) -> MessageStatus | None:
         """The message's state and history, or None if unknown or expired."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.message(message_id))
-            pipe.lrange(keys.message_history(message_id), 0, -1)
+            self.read_into(pipe, message_id)
             raw, history = await pipe.execute()
+        return self.parse(message_id, raw, history)
+
+    def read_into(self, pipe: Pipeline, message_id: str) -> None:
+        """Queue the two reads ``get`` makes on a caller's pipeline (answers: ``parse``)."""
+        pipe.hgetall(keys.message(message_id))
+        pipe.lrange(keys.message_history(message_id), 0, -1)
+
+    @staticmethod
+    def parse(
+        message_id: str, raw: dict[bytes, bytes], history: list[bytes]
+    ) -> MessageStatus | None:
+        """The status from the answers to ``read_into``'s two reads."""
         fields = {_text(k): _text(v) for k, v in raw.items()}
         if "state" not in fields:
             return None

@@ -266,3 +266,17 @@ async def test_a_job_that_keeps_crashing_is_dead_lettered(
     assert letter.code == "too_many_errors"
     assert "send.error" in letter.hint
     assert await sandbox.ledger() == []
+
+
+async def test_sends_survive_a_flushed_script_cache(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """After Redis loses its scripts (a restart), the pipelined checks load them and go on."""
+    await pipeline.customer_writes(sandbox)
+    first = await pipeline.send()
+    second = await pipeline.send()
+    await pipeline.redis.script_flush()
+    await pipeline.run_worker()
+    assert (await pipeline.status(first.message_id)).state is MessageState.ACCEPTED
+    assert (await pipeline.status(second.message_id)).state is MessageState.ACCEPTED
+    assert len(await sandbox.ledger()) == 2

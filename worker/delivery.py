@@ -14,6 +14,7 @@ from typing import Any, Literal, NoReturn
 import structlog
 from arq.worker import Retry
 from pydantic import ValidationError
+from redis.asyncio.client import Pipeline
 
 from producer.request import SendRequest
 from producer.status import FINAL_STATES, MessageState, MessageStatus
@@ -26,7 +27,8 @@ from worker.graph import GraphClient
 from worker.limits import APP_SCOPE, RateLimiter
 from worker.metrics import WorkerMetrics
 from worker.ordering import ConversationOrder
-from worker.pauses import PauseStore
+from worker.pauses import Pause, PauseStore
+from worker.pipelined import Pipelined
 from worker.windows import WindowStore
 
 __all__ = ["Deliverer", "DeliveryConfig"]
@@ -85,20 +87,16 @@ class Deliverer:
         self.limiter = limiter
         self.config = config
         self.metrics = metrics or WorkerMetrics()
+        self._pipelined = Pipelined(statuses.redis)
 
     async def deliver(self, message_id: str, raw_request: dict[str, Any]) -> str:
         """Run one attempt; return the state reached, or raise arq's ``Retry`` to come back."""
-        status = await self.statuses.get(message_id)
-        if status is not None and status.state in FINAL_STATES:
-            # Final already: a re-run after a crash, or a send reconciled by its status webhook.
-            pnid, to = status.phone_number_id, status.to
-            if pnid and to:
-                await self.order.done(pnid, to.removeprefix("+"), message_id)
-            log.info("send.skipped", outcome=status.state.value, reason="already final")
-            return status.state.value
         try:
             request = SendRequest.model_validate(raw_request)
         except ValidationError as exc:
+            status = await self.statuses.get(message_id)
+            if status is not None and status.state in FINAL_STATES:
+                return await self._skip_final(message_id, status)
             # Only a producer of another version could enqueue this; keep it for an operator.
             error = {
                 "code": "invalid_job",
@@ -113,6 +111,10 @@ class Deliverer:
                 suggestion=Suggestion.FIX_REQUEST,
                 hint="the queued request no longer validates: fix and requeue it",
             )
+        pnid, wa_id = request.phone_number_id, request.wa_id
+        status, earlier, pause, last_inbound = await self._read_checks(message_id, pnid, wa_id)
+        if status is not None and status.state in FINAL_STATES:
+            return await self._skip_final(message_id, status)
         if status is not None and status.job_errors >= self.config.max_job_errors:
             error = {
                 "code": "too_many_errors",
@@ -130,21 +132,16 @@ class Deliverer:
             resend = await self._reconcile(message_id, raw_request, status)
             if resend is not None:
                 return resend
-        pnid, wa_id = request.phone_number_id, request.wa_id
-        earlier = await self.order.waiting_for(pnid, wa_id, message_id)
         if earlier is not None:
             # Woken as soon as the earlier message is final; the delay is only a safety net.
             detail = f"waiting for {earlier}, earlier in this conversation"
             recheck_s = self.config.order_recheck_s * random.uniform(0.75, 1.25)  # noqa: S311
             await self._wait(message_id, status, detail, recheck_s)
-        pause = await self.pauses.get(pnid)
         if pause is not None:
             await self._wait(
                 message_id, status, f"number paused: {pause.reason}", self.config.pause_check_s
             )
-        if not request.message.is_template and not await self.windows.is_open(
-            request.phone_number_id, request.wa_id
-        ):
+        if not request.message.is_template and not self.windows.open_at(last_inbound):
             rule = rule_for(131047, http_status=400)
             return await self._dead(
                 message_id,
@@ -155,6 +152,37 @@ class Deliverer:
                 hint=rule.hint,
             )
         return await self._attempt(message_id, request, raw_request, status)
+
+    async def _read_checks(
+        self, message_id: str, pnid: str, wa_id: str
+    ) -> tuple[MessageStatus | None, str | None, Pause | None, bytes | None]:
+        """Status, the earlier message waited for, the number's pause, the last inbound time.
+
+        One round trip for what would be four: the reads are independent, and the order
+        script only drops heads that are already final.
+        """
+
+        async def fill(pipe: Pipeline) -> None:
+            self.statuses.read_into(pipe, message_id)
+            await self.order.waiting_for_into(pipe, pnid, wa_id, message_id)
+            PauseStore.read_into(pipe, pnid)
+            WindowStore.read_into(pipe, pnid, wa_id)
+
+        raw, history, order, pause, last_inbound = await self._pipelined.execute(fill)
+        return (
+            StatusStore.parse(message_id, raw, history),
+            ConversationOrder.parse_waiting_for(order),
+            PauseStore.parse(pause),
+            last_inbound,
+        )
+
+    async def _skip_final(self, message_id: str, status: MessageStatus) -> str:
+        """Final already: a re-run after a crash, or a send reconciled by its status webhook."""
+        pnid, to = status.phone_number_id, status.to
+        if pnid and to:
+            await self.order.done(pnid, to.removeprefix("+"), message_id)
+        log.info("send.skipped", outcome=status.state.value, reason="already final")
+        return status.state.value
 
     async def _reconcile(
         self, message_id: str, raw_request: dict[str, Any], status: MessageStatus
@@ -281,14 +309,16 @@ class Deliverer:
                 error=exc.as_dict(),
             )
         self.metrics.graph_latency.labels(result="ok").observe(time.perf_counter() - started)
-        await self.statuses.record(
-            message_id,
-            MessageState.ACCEPTED,
-            attempt=attempt,
-            wamid=result.wamid,
-            count_attempt=True,
-        )
-        await self.order.done(request.phone_number_id, request.wa_id, message_id)
+
+        async def accepted(pipe: Pipeline) -> None:
+            # One round trip: the outcome, then the next message of the conversation woken.
+            await self.statuses.record(
+                message_id, MessageState.ACCEPTED, attempt=attempt, wamid=result.wamid,
+                count_attempt=True, pipe=pipe,
+            )  # fmt: skip
+            await self.order.done(request.phone_number_id, request.wa_id, message_id, pipe=pipe)
+
+        await self._pipelined.execute(accepted)
         self.metrics.outcome("accepted")
         log.info("send.outcome", outcome="accepted", attempt=attempt, wamid=result.wamid)
         return MessageState.ACCEPTED.value

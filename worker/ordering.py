@@ -10,9 +10,10 @@ set to now), so a waiting message costs no polling.
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import Any, Final
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from producer import keys
 from producer.status import FINAL_STATES
@@ -56,14 +57,34 @@ class ConversationOrder:
 
     async def waiting_for(self, phone_number_id: str, wa_id: str, message_id: str) -> str | None:
         """None if ``message_id`` may go now, else the id of the earlier message it waits for."""
-        go, head = await self._is_next(
-            keys=[keys.order(phone_number_id, wa_id)], args=[message_id, keys.message("")]
+        return self.parse_waiting_for(
+            await self._is_next(
+                keys=[keys.order(phone_number_id, wa_id)], args=[message_id, keys.message("")]
+            )
         )
+
+    async def waiting_for_into(
+        self, pipe: Pipeline, phone_number_id: str, wa_id: str, message_id: str
+    ) -> None:
+        """Queue ``waiting_for`` on a caller's pipeline (its answer: ``parse_waiting_for``)."""
+        await self._is_next(
+            keys=[keys.order(phone_number_id, wa_id)],
+            args=[message_id, keys.message("")],
+            client=pipe,
+        )
+
+    @staticmethod
+    def parse_waiting_for(answer: list[Any]) -> str | None:
+        """The id waited for, from the order script's answer."""
+        go, head = answer
         return None if go else (head.decode() if isinstance(head, bytes) else str(head))
 
-    async def done(self, phone_number_id: str, wa_id: str, message_id: str) -> None:
-        """The message is final: let the next one go, now."""
+    async def done(
+        self, phone_number_id: str, wa_id: str, message_id: str, *, pipe: Pipeline | None = None
+    ) -> None:
+        """The message is final: let the next one go, now (on ``pipe`` if given)."""
         await self._done(
             keys=[keys.order(phone_number_id, wa_id), self.queue_name],
             args=[message_id, int(time.time() * 1000)],
+            client=pipe,
         )

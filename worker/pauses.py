@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from producer import keys
 
@@ -42,7 +43,16 @@ class PauseStore:
 
     async def get(self, phone_number_id: str) -> Pause | None:
         """The pause of one number, if any."""
-        raw = await self.redis.hget(keys.PAUSED_NUMBERS, phone_number_id)  # type: ignore[misc]
+        return self.parse(await self.redis.hget(keys.PAUSED_NUMBERS, phone_number_id))  # type: ignore[misc]
+
+    @staticmethod
+    def read_into(pipe: Pipeline, phone_number_id: str) -> None:
+        """Queue ``get``'s read on a caller's pipeline (its answer: ``parse``)."""
+        pipe.hget(keys.PAUSED_NUMBERS, phone_number_id)
+
+    @staticmethod
+    def parse(raw: bytes | None) -> Pause | None:
+        """The pause from the hash's field, if any."""
         return Pause(**json.loads(raw)) if raw is not None else None
 
     async def all(self) -> dict[str, Pause]:

@@ -6,6 +6,7 @@ import time
 from typing import Final
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from producer import keys
 
@@ -48,5 +49,13 @@ class WindowStore:
 
     async def is_open(self, phone_number_id: str, wa_id: str, *, now: float | None = None) -> bool:
         """True while a free-form message may still be sent, read at send time."""
-        last = await self.last_inbound(phone_number_id, wa_id)
-        return last is not None and (now or time.time()) - last < WINDOW_S - self.margin_s
+        return self.open_at(await self.last_inbound(phone_number_id, wa_id), now=now)
+
+    @staticmethod
+    def read_into(pipe: Pipeline, phone_number_id: str, wa_id: str) -> None:
+        """Queue the window's read on a caller's pipeline (its answer: ``open_at``)."""
+        pipe.get(keys.window(phone_number_id, wa_id))
+
+    def open_at(self, last: bytes | float | None, *, now: float | None = None) -> bool:
+        """Whether a window whose last inbound was ``last`` is open at ``now``."""
+        return last is not None and (now or time.time()) - float(last) < WINDOW_S - self.margin_s
