@@ -1,6 +1,14 @@
 """Delivery: the Graph API client, Meta's error table, backoff, and the arq worker."""
 
+from worker.aiohttp_transport import AiohttpTransport
 from worker.backoff import backoff_s, pair_backoff_s
+from worker.dead_letters import (
+    DeadLetter,
+    DeadLetterFilter,
+    DeadLetterStats,
+    DeadLetterStore,
+    MoveResult,
+)
 from worker.error_table import ERROR_TABLE, Action, ErrorRule, Schedule, Suggestion, rule_for
 from worker.errors import (
     DeliveryError,
@@ -10,10 +18,18 @@ from worker.errors import (
     GraphTransportError,
 )
 from worker.graph import GraphClient, HealthStatus, PhoneNumberInfo, SendResult
+from worker.metrics import WorkerMetrics
+from worker.overview import NumberOverview, NumberState, Overview, read_overview
+from worker.template_rewrite import RewriteError, TemplateRewrite
 
 __all__ = [
     "ERROR_TABLE",
     "Action",
+    "AiohttpTransport",
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterStats",
+    "DeadLetterStore",
     "DeliveryError",
     "ErrorRule",
     "GraphClient",
@@ -22,11 +38,19 @@ __all__ = [
     "GraphTimeout",
     "GraphTransportError",
     "HealthStatus",
+    "MoveResult",
+    "NumberOverview",
+    "NumberState",
+    "Overview",
     "PhoneNumberInfo",
+    "RewriteError",
     "Schedule",
     "SendResult",
     "Suggestion",
+    "TemplateRewrite",
+    "WorkerMetrics",
     "backoff_s",
     "pair_backoff_s",
+    "read_overview",
     "rule_for",
 ]
