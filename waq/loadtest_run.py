@@ -117,7 +117,7 @@ class LoadRun:
         return asyncio.run(
             self._run(
                 str(settings.redis_url), settings.graph_base_url, senders,
-                os.environ.get("WAQ_GATEWAY_URL", "http://127.0.0.1:8080"), api_key,
+                settings.gateway_url, api_key,
             )
         )  # fmt: skip
 

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
         default=50, ge=1, description="Sends one worker process runs at once (arq max_jobs)."
     )
     queue_name: str = Field(default="waq:queue", description="The arq queue of send jobs.")
+    gateway_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="The gateway's base URL, for `waq loadtest --via gateway`.",
+    )
     worker_metrics_port: int | None = Field(
         default=None,
         ge=1,
