@@ -259,7 +259,7 @@ async def test_bulk_requeue_killed_half_way_loses_and_doubles_nothing(
 ) -> None:
     """SIGKILL a bulk requeue mid-way: every entry is in the queue or requeued, never both."""
     store = store_for(redis)
-    total = 6000
+    total = 3000
     await asyncio.gather(
         *(store.add(letter(f"m_{i:05}", to=f"+1650555{i % 10000:04}")) for i in range(total))
     )

@@ -48,9 +48,9 @@ def record(report: Report) -> None:
 
 
 async def test_worker_sigkilled_six_times(cluster: Cluster) -> None:
-    """Six SIGKILLs of random workers during a 1,500-message run; each is replaced."""
+    """Six SIGKILLs of random workers during a 1,000-message run; each is replaced."""
     customers = await cluster.customers_write_in(100)
-    ids = await cluster.enqueue(customers, 1500)
+    ids = await cluster.enqueue(customers, 1000)
     started = time.monotonic()
     rng = random.Random(3)
     watchers: list[asyncio.Task[float]] = []
@@ -74,7 +74,7 @@ async def test_worker_sigkilled_six_times(cluster: Cluster) -> None:
     drained = await cluster.drain(ids, timeout_s=200)
     recovery = await asyncio.gather(*watchers)
     report = await cluster.report(
-        "6 x SIGKILL a worker, 1,500 msgs", ids, time.monotonic() - started
+        "6 x SIGKILL a worker, 1,000 msgs", ids, time.monotonic() - started
     )
     report.notes["kill-to-final of in-flight, max s"] = (
         f"{max(recovery, default=0):.1f} (drained {drained:.1f})"
@@ -119,7 +119,7 @@ async def test_answers_dropped_after_acceptance(cluster: Cluster) -> None:
     customers = await cluster.customers_write_in(50)
     async with SandboxClient(cluster.sandbox_url) as sandbox:
         await sandbox.set_faults(drop_ratio=0.05)
-        ids = await cluster.enqueue(customers, 600)
+        ids = await cluster.enqueue(customers, 400)
         started = time.monotonic()
         await cluster.drain(ids, timeout_s=150)
         dropped = (await sandbox.stats())["outcomes"].get("dropped", 0)
@@ -136,7 +136,7 @@ async def test_webhooks_delivered_twice(cluster: Cluster) -> None:
     async with SandboxClient(cluster.sandbox_url) as sandbox:
         await sandbox.set_faults(duplicate_webhook_ratio=1.0)
         customers = await cluster.customers_write_in(50)
-        ids = await cluster.enqueue(customers, 600)
+        ids = await cluster.enqueue(customers, 400)
         started = time.monotonic()
         await cluster.drain(ids, timeout_s=120)
     record(await cluster.report("every webhook delivered twice", ids, time.monotonic() - started))

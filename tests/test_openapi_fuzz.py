@@ -35,7 +35,7 @@ def test_no_input_produces_a_server_error(gateway_server: BackgroundServer) -> N
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None
+            max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None
         )
         def call(case: schemathesis.Case[Any]) -> None:
             response = case.call(headers={"X-API-Key": API_KEY}, timeout=20)
