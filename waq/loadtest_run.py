@@ -99,7 +99,9 @@ class LoadRun:
                 self.say(f"embedded: Valkey, sandbox {sandbox.url}, gateway {gateway_url}, "
                          f"{self.workers} workers")  # fmt: skip
                 return asyncio.run(
-                    self._run(redis_url, sandbox.url, senders, gateway_url, _API_KEY)
+                    self._run(
+                        redis_url, sandbox.url, senders, gateway_url, _API_KEY, sandbox_mps=self.mps
+                    )
                 )
         finally:
             for process in workers:
@@ -128,6 +130,8 @@ class LoadRun:
         senders: list[str],
         gateway_url: str,
         api_key: str | None,
+        *,
+        sandbox_mps: float | None = None,
     ) -> LoadReport:
         sandboxed = await is_sandbox(graph_base_url)
         if not sandboxed and not self.allow_production:
@@ -144,6 +148,10 @@ class LoadRun:
         )
         redis = Redis.from_url(redis_url)
         try:
+            if sandbox_mps:  # the embedded fake Meta allows what the workers were told
+                async with SandboxClient(graph_base_url) as sandbox:
+                    for sender in senders:
+                        await sandbox.set_number(sender, mps=int(sandbox_mps))
             if sandboxed and self.template is None:
                 await self._customers_write_in(redis, graph_base_url, senders, recipients)
             test = LoadTest(
