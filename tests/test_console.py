@@ -17,14 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.async_api import Page, async_playwright
-from pydantic import SecretStr
-from redis.asyncio import Redis
 
 from gateway import GatewayConfig, create_app
-from producer import keys
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
-from tests.support import ACCESS_TOKEN, CUSTOMER, STRANGER, Pipeline
-from worker.runner import WorkerConfig, create_worker
+from tests.support import CUSTOMER, STRANGER, Pipeline
 
 ADMIN_KEY = "test-admin-key"
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "console"
@@ -78,33 +74,6 @@ async def page(console_server: BackgroundServer) -> AsyncIterator[Page]:
             yield await context.new_page()
         finally:
             await browser.close()
-
-
-@pytest.fixture
-async def running_worker(
-    redis_url: str, sandbox_server: SandboxServer, redis: Redis
-) -> AsyncIterator[None]:
-    """A worker polling in the background (the health check runs its Graph part as a job)."""
-    worker = create_worker(
-        WorkerConfig(
-            redis_url=redis_url,
-            access_token=SecretStr(ACCESS_TOKEN),
-            graph_base_url=sandbox_server.url,
-            poll_delay_s=0.01,
-            health_probe_s=None,
-        )
-    )
-    task = asyncio.create_task(worker.main())
-    for _ in range(200):
-        if await redis.exists(keys.DEFAULT_QUEUE + ":health-check"):
-            break
-        await asyncio.sleep(0.05)
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await worker.close()
 
 
 async def sign_in(page: Page) -> None:

@@ -12,16 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from gateway import conversation_id_for
 from producer import keys
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
 from tests.conftest import API_KEY, APP_SECRET, VERIFY_TOKEN
-from tests.support import ACCESS_TOKEN, run_burst_worker
+from tests.support import run_burst_worker
 from worker.delivery import DeliveryConfig
-from worker.runner import WorkerConfig, create_worker
 
 PNID = DEFAULT_PHONE_NUMBER_ID
 CUSTOMER = "+16505551234"
@@ -427,49 +425,23 @@ async def test_async_131047_becomes_a_dead_letter(
 
 
 async def test_health_check_healthy_then_blocked(
-    api: httpx.AsyncClient, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
+    api: httpx.AsyncClient, sandbox: SandboxClient, running_worker: None
 ) -> None:
     """With a worker running: healthy and a test message sent; a BLOCKED number is unhealthy."""
     await customer_writes(api)
-    worker = create_worker(
-        WorkerConfig(
-            redis_url=redis_url,
-            access_token=SecretStr(ACCESS_TOKEN),
-            graph_base_url=sandbox_server.url,
-            poll_delay_s=0.01,
-            health_probe_s=None,
-        )
-    )
-    task = asyncio.create_task(worker.main())
-    try:
-        await eventually(lambda: _worker_alive(redis_url))
-        report = (
-            await api.post("/v1/health-check", json={"to": CUSTOMER, "text": "ping"}, timeout=20)
-        ).json()
-        assert report["status"] == "healthy", report
-        assert report["checks"]["phone_number_access"]["details"]["verified_name"] == "waq Sandbox"
-        assert report["test_message"]["state"] in ("accepted", "sent", "delivered", "read")
-        stranger = (
-            await api.post("/v1/health-check", json={"to": "+16505559876"}, timeout=20)
-        ).json()
-        assert stranger["test_message"]["state"] == "dead"
-        assert "window is closed" in stranger["test_message"]["reason"]
-        await sandbox.set_number(PNID, health="BLOCKED")
-        blocked = (await api.post("/v1/health-check", json={}, timeout=20)).json()
-        assert blocked["status"] == "unhealthy"
-        assert blocked["checks"]["messaging_health"]["details"]["can_send_message"] == "BLOCKED"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await worker.close()
-
-
-async def _worker_alive(redis_url: str) -> bool:
-    client = Redis.from_url(redis_url)
-    try:
-        return bool(await client.exists(keys.DEFAULT_QUEUE + ":health-check"))
-    finally:
-        await client.aclose()
+    report = (
+        await api.post("/v1/health-check", json={"to": CUSTOMER, "text": "ping"}, timeout=20)
+    ).json()
+    assert report["status"] == "healthy", report
+    assert report["checks"]["phone_number_access"]["details"]["verified_name"] == "waq Sandbox"
+    assert report["test_message"]["state"] in ("accepted", "sent", "delivered", "read")
+    stranger = (await api.post("/v1/health-check", json={"to": "+16505559876"}, timeout=20)).json()
+    assert stranger["test_message"]["state"] == "dead"
+    assert "window is closed" in stranger["test_message"]["reason"]
+    await sandbox.set_number(PNID, health="BLOCKED")
+    blocked = (await api.post("/v1/health-check", json={}, timeout=20)).json()
+    assert blocked["status"] == "unhealthy"
+    assert blocked["checks"]["messaging_health"]["details"]["can_send_message"] == "BLOCKED"
 
 
 async def test_health_check_without_workers_is_unhealthy(api: httpx.AsyncClient) -> None:

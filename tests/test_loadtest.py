@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import pytest
-from pydantic import SecretStr
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
 from producer import keys
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
 from tests.conftest import API_KEY
-from tests.support import ACCESS_TOKEN
 from waq.cli import app
 from waq.loadtest import LoadTestRefused
 from waq.loadtest_run import LoadRun
-from worker.runner import WorkerConfig, create_worker
 
 
 def load_run(**overrides: object) -> LoadRun:
@@ -30,34 +24,12 @@ def load_run(**overrides: object) -> LoadRun:
     return LoadRun(**options)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def worker_running(
-    redis: Redis, redis_url: str, sandbox_server: SandboxServer
-) -> AsyncIterator[None]:
-    worker = create_worker(
-        WorkerConfig(
-            redis_url=redis_url,
-            access_token=SecretStr(ACCESS_TOKEN),
-            graph_base_url=sandbox_server.url,
-            poll_delay_s=0.01,
-            health_probe_s=None,
-        )
-    )
-    task = asyncio.create_task(worker.main())
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await worker.close()
-
-
 async def test_load_through_the_gateway_is_watched_to_delivery(
     gateway_server: BackgroundServer,
     sandbox_server: SandboxServer,
     sandbox: SandboxClient,
     redis_url: str,
-    worker_running: None,
+    running_worker: None,
 ) -> None:
     """60 messages via the gateway's batch endpoint: all read, with latencies and send rate."""
     await sandbox.set_webhook_url(f"{gateway_server.url}/webhooks/whatsapp")
