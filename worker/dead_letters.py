@@ -41,6 +41,14 @@ __all__ = [
 # message has finished, or arq's cleanup (delete the job, ZREM the id) would eat the new job.
 _ARQ_IN_PROGRESS: Final = "arq:in-progress:"
 
+# Taking an entry out starts the same way: only the entry as it was listed (KEYS[1] the entry,
+# ARGV[2] its JSON then), so an entry rewritten in between (the message died again) stays.
+_TAKE: Final = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'missing' end
+if raw ~= ARGV[2] then return 'changed' end
+"""
+
 # The counts hash is kept by the same scripts that add and remove entries, from the entry's
 # own JSON, so a count can never disagree with the entries.
 _COUNT: Final = """
@@ -79,10 +87,8 @@ redis.call('EXPIRE', KEYS[5], ARGV[5])
 # does (status record, arq job, order list) and removes the entry, or changes nothing.
 _REQUEUE: Final = (
     _COUNT
+    + _TAKE
     + """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 'missing' end
-if raw ~= ARGV[2] then return 'changed' end
 if redis.call('EXISTS', KEYS[9]) == 1 then return 'busy' end
 redis.call('HSET', KEYS[4], unpack(ARGV, 9))
 redis.call('HSETNX', KEYS[4], 'created_at', ARGV[8])
@@ -105,10 +111,8 @@ return 'ok'
 # KEYS: entry, index, counts, history. ARGV: id, expected entry JSON, event.
 _PURGE: Final = (
     _COUNT
+    + _TAKE
     + """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 'missing' end
-if raw ~= ARGV[2] then return 'changed' end
 count(KEYS[3], raw, -1)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])

@@ -78,11 +78,14 @@ _SLOW_DOWN: Final = (
 local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
 if now - at < tonumber(ARGV[3]) then return tostring(factor(KEYS[1], tonumber(ARGV[1]))) end
 local f = math.min(factor(KEYS[1], tonumber(ARGV[1])) * 2, tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'factor', tostring(f), 'at', tostring(now), 'recover', ARGV[1])
+redis.call('HSET', KEYS[1], 'factor', tostring(f), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 60)
 return tostring(f)
 """
 )
+
+# KEYS: slowdown hash. ARGV: recover s. The current (decayed) divisor, for operators.
+_SLOWDOWN: Final = _NOW + _FACTOR + "return tostring(factor(KEYS[1], tonumber(ARGV[1])))\n"
 
 # KEYS: pair TAT. ARGV: delay s, pair interval, pair burst. No slot for delay seconds.
 _BACK_OFF_PAIR: Final = (
@@ -147,6 +150,7 @@ class RateLimiter:
         self.config = config or RateConfig()
         self._acquire = redis.register_script(_ACQUIRE)
         self._slow_down = redis.register_script(_SLOW_DOWN)
+        self._slowdown = redis.register_script(_SLOWDOWN)
         self._back_off_pair = redis.register_script(_BACK_OFF_PAIR)
         self._release_pair = redis.register_script(_RELEASE_PAIR)
         # The pair's spacing gets the same margin as the number's: arrival jitter must not
@@ -199,6 +203,12 @@ class RateLimiter:
             args=[self.config.recover_s, self.config.max_slowdown, self.config.slowdown_cooldown_s],
         )
         return float(factor)
+
+    async def slowdown(self, scope: str) -> float:
+        """The divisor Meta's throttling puts on a number's (or the app's) rate now; 1 = none."""
+        return float(
+            await self._slowdown(keys=[keys.slowdown(scope)], args=[self.config.recover_s])
+        )
 
     async def back_off_pair(self, phone_number_id: str, wa_id: str, delay_s: float) -> float:
         """No message to this customer for ``delay_s`` (Meta's 131056 answer)."""

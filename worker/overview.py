@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from producer import keys
-from worker.limits import APP_SCOPE
+from worker.limits import APP_SCOPE, RateConfig, RateLimiter
 from worker.pauses import PauseStore
 from worker.runner import HEALTH_KEY_SUFFIX
 
@@ -102,10 +102,11 @@ async def read_overview(
     }
     mps = {_text(k): float(v) for k, v in rates.items()}
     pauses = await PauseStore(redis).all()
-    app_slowdown = await _slowdown(redis, APP_SCOPE, now)
+    limiter = RateLimiter(redis, RateConfig(default_mps=default_mps))
+    app_slowdown = await limiter.slowdown(APP_SCOPE)
     numbers = []
     for phone_number_id in sorted({*pending, *pauses, *mps, *dead_by_number, *throttled}):
-        slowdown = app_slowdown * await _slowdown(redis, phone_number_id, now)
+        slowdown = app_slowdown * await limiter.slowdown(phone_number_id)
         pause = pauses.get(phone_number_id)
         waiting = pending.get(phone_number_id, 0)
         if pause is not None:
@@ -137,18 +138,6 @@ async def read_overview(
         workers_alive=bool(alive),
         numbers=numbers,
     )
-
-
-async def _slowdown(redis: Redis, scope: str, now: float) -> float:
-    # The limiter's own decay (worker.limits._FACTOR), read without the script: linear
-    # from the recorded factor back to 1 over the recovery time, which the key's TTL bounds.
-    raw = await redis.hgetall(keys.slowdown(scope))  # type: ignore[misc]
-    if not raw:
-        return 1.0
-    fields = {_text(k): float(v) for k, v in raw.items()}
-    recover = float(fields.get("recover", 60.0))
-    left = 1 - (now - fields.get("at", 0.0)) / recover
-    return 1.0 if left <= 0 else 1 + (fields.get("factor", 1.0) - 1) * left
 
 
 def _text(value: bytes | str) -> str:
