@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from producer import keys
 from worker.windows import WINDOW_S, WindowStore
@@ -55,15 +56,25 @@ class ConversationStore:
         self, phone_number_id: str, wa_id: str, *, at: float, profile_name: str | None
     ) -> str:
         """Create the conversation if new; return its id."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            conversation_id = self.touch_into(
+                pipe, phone_number_id, wa_id, profile_name=profile_name
+            )
+            await pipe.execute()
+        return conversation_id
+
+    @staticmethod
+    def touch_into(
+        pipe: Pipeline, phone_number_id: str, wa_id: str, *, profile_name: str | None
+    ) -> str:
+        """Queue ``touch``'s writes on a caller's pipeline; return the conversation's id."""
         conversation_id = conversation_id_for(phone_number_id, wa_id)
         key = keys.conversation(conversation_id)
         fields: dict[str, Any] = {"phone_number_id": phone_number_id, "wa_id": wa_id}
         if profile_name:
             fields["profile_name"] = profile_name
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "created_at", repr(time.time()))
-            pipe.hset(key, mapping=fields)
-            await pipe.execute()
+        pipe.hsetnx(key, "created_at", repr(time.time()))
+        pipe.hset(key, mapping=fields)
         return conversation_id
 
     async def get(self, conversation_id: str) -> Conversation | None:

@@ -10,13 +10,16 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
-from gateway.conversations import ConversationStore
+from gateway.conversations import ConversationStore, conversation_id_for
 from producer import keys
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
@@ -99,9 +102,28 @@ class WebhookProcessor:
                     await self._status(phone_number_id, status, result)
         return result
 
-    async def _first_time(self, kind: str, item_id: str) -> bool:
+    async def _apply_once(
+        self, kind: str, item_id: str, apply: Callable[[Pipeline], Awaitable[None]]
+    ) -> list[Any] | None:
+        """Apply an item's writes and mark it seen, in one transaction; None: seen before.
+
+        Meta redelivers whatever was not answered 2xx. A marker set before the effects would
+        make a redelivery after a half-done apply (Redis dropped, the process died) look like
+        a duplicate, losing it; here the marker exists only if every effect was applied.
+        A concurrent delivery of the same item fails the WATCH and is the duplicate.
+        """
         marker = keys.webhook_delivery(kind, item_id)
-        return bool(await self.redis.set(marker, "1", nx=True, ex=_DEDUPE_TTL_S))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(marker)
+                if await pipe.exists(marker):
+                    return None
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                await apply(pipe)
+                pipe.set(marker, "1", ex=_DEDUPE_TTL_S)
+                return list(await pipe.execute())
+            except WatchError:
+                return None
 
     async def _inbound(
         self,
@@ -114,25 +136,29 @@ class WebhookProcessor:
         if not wa_id or not message_id or not phone_number_id:
             result.unknown += 1
             return
-        if not await self._first_time("message", str(message_id)):
+        at = float(message.get("timestamp") or 0)
+        conversation_id = conversation_id_for(phone_number_id, str(wa_id))
+
+        async def apply(pipe: Pipeline) -> None:
+            await self.windows.record_inbound_into(pipe, phone_number_id, str(wa_id), at)
+            self.conversations.touch_into(
+                pipe, phone_number_id, str(wa_id), profile_name=profile_name
+            )
+            pipe.xadd(
+                keys.INBOUND_STREAM,
+                {
+                    "conversation_id": conversation_id,
+                    "phone_number_id": phone_number_id,
+                    "wa_id": str(wa_id),
+                    "message": json.dumps(message),
+                },
+                maxlen=_STREAM_MAXLEN,
+                approximate=True,
+            )
+
+        if await self._apply_once("message", str(message_id), apply) is None:
             result.duplicates += 1
             return
-        at = float(message.get("timestamp") or 0)
-        await self.windows.record_inbound(phone_number_id, str(wa_id), at)
-        conversation_id = await self.conversations.touch(
-            phone_number_id, str(wa_id), at=at, profile_name=profile_name
-        )
-        await self.redis.xadd(
-            keys.INBOUND_STREAM,
-            {
-                "conversation_id": conversation_id,
-                "phone_number_id": phone_number_id,
-                "wa_id": str(wa_id),
-                "message": json.dumps(message),
-            },
-            maxlen=_STREAM_MAXLEN,
-            approximate=True,
-        )
         result.inbound += 1
         log.info("webhook.inbound", conversation_id=conversation_id, wa_id=str(wa_id))
 
@@ -150,18 +176,24 @@ class WebhookProcessor:
         if message_id is None or current is None:
             result.unknown += 1  # not sent by waq, or past retention
             return
-        if not await self._first_time("status", f"{wamid}:{state_name}"):
-            result.duplicates += 1
-            return
-        at = float(status.get("timestamp") or 0) or None
+        item_id = f"{wamid}:{state_name}"
         if state_name == "failed":
-            await self._failed(message_id, phone_number_id, status, current, result)
+            await self._failed(
+                message_id, phone_number_id, status, current, item_id=item_id, result=result
+            )
             return
         state = _STATUS_STATES.get(str(state_name))
         if state is None:
             result.unknown += 1
             return
-        await self.statuses.record(message_id, state, wamid=wamid, at=at)
+        at = float(status.get("timestamp") or 0) or None
+
+        async def apply(pipe: Pipeline) -> None:
+            await self.statuses.record(message_id, state, wamid=wamid, at=at, pipe=pipe)
+
+        if await self._apply_once("status", item_id, apply) is None:
+            result.duplicates += 1
+            return
         result.statuses += 1
 
     async def _failed(
@@ -170,15 +202,14 @@ class WebhookProcessor:
         phone_number_id: str,
         status: dict[str, Any],
         current: MessageStatus,
+        *,
+        item_id: str,
         result: WebhookResult,
     ) -> None:
         errors = status.get("errors") or [{}]
         error = errors[0]
         code = error.get("code")
         rule = rule_for(int(code) if isinstance(code, int) else 0, http_status=400)
-        if rule.action is Action.PAUSE:
-            await self.pauses.pause(phone_number_id, reason=rule.hint, code=code)
-            log.error("alert.number_paused", reason=rule.hint, code=code, source="webhook")
         details = (error.get("error_data") or {}).get("details")
         final_error = {
             "code": code,
@@ -205,7 +236,19 @@ class WebhookProcessor:
             created_at=current.created_at,
             dead_at=time.time(),
         )
-        await self.dead_letters.add(letter)
+
+        async def apply(pipe: Pipeline) -> None:
+            if rule.action is Action.PAUSE:
+                PauseStore.pause_into(
+                    pipe, phone_number_id, reason=rule.hint, code=code, by="worker"
+                )
+            await self.dead_letters.add(letter, pipe=pipe)
+
+        if await self._apply_once("status", item_id, apply) is None:
+            result.duplicates += 1
+            return
+        if rule.action is Action.PAUSE:
+            log.error("alert.number_paused", reason=rule.hint, code=code, source="webhook")
         result.dead_letters += 1
         log.warning(
             "webhook.failed", message_id=message_id, code=code, suggestion=rule.suggestion.value

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from producer import keys
 from producer.client import job_payload
@@ -266,8 +267,13 @@ class DeadLetterStore:
         self._requeue = redis.register_script(_REQUEUE)
         self._purge = redis.register_script(_PURGE)
 
-    async def add(self, letter: DeadLetter, *, attempts: int | None = None) -> None:
-        """Store the entry and mark the message dead, atomically (with its attempt count)."""
+    async def add(
+        self, letter: DeadLetter, *, attempts: int | None = None, pipe: Pipeline | None = None
+    ) -> None:
+        """Store the entry and mark the message dead, atomically (with its attempt count).
+
+        On a caller's ``pipe`` (a webhook's transaction) the step is only queued.
+        """
         now = time.time()
         event = StatusEvent(at=now, state=MessageState.DEAD, detail=letter.hint, error=letter.error)
         fields = {
@@ -294,6 +300,7 @@ class DeadLetterStore:
                 self.statuses.retention_s,
                 *(item for pair in fields.items() for item in pair),
             ],
+            client=pipe,
         )
 
     async def get(self, message_id: str) -> DeadLetter | None:

@@ -250,8 +250,13 @@ class Deliverer:
     async def _wait(
         self, message_id: str, status: MessageStatus | None, detail: str, defer_s: float
     ) -> NoReturn:
-        """Come back later without using up an attempt; say why in the status (once)."""
-        if status is None or status.detail != detail:
+        """Come back later without using up an attempt; say why in the status.
+
+        The record is skipped only when the status this run read is already this very wait
+        (a backlog's jobs come back many times); any other state, ``sending`` of an unknown
+        outcome that policy resends included, is moved back to ``queued``.
+        """
+        if status is None or status.state is not MessageState.QUEUED or status.detail != detail:
             await self.statuses.record(
                 message_id,
                 MessageState.QUEUED,
@@ -270,10 +275,14 @@ class Deliverer:
     ) -> str:
         attempt = (status.attempts if status else 0) + 1
         body = request.graph_body(callback_data=message_id)
-        await self.statuses.record(message_id, MessageState.SENDING, attempt=attempt)
-        # The slot is taken last, right before the call: any delay between the slot and the
-        # request would bunch sends together at Meta.
+        # The slot comes first and `sending` right after it: `sending` means the request may
+        # have left, and a re-run reconciles it instead of sending. A message recorded
+        # `sending` before a slot that was then refused would sit there, unsent, and be
+        # taken for an unknown outcome (held for the reconcile wait, then resent or
+        # dead-lettered as ambiguous). The record costs one round trip between the slot and
+        # the call, the same for every send, so the spacing at Meta holds.
         await self._take_slot(message_id, status, request.phone_number_id, request.wa_id)
+        await self.statuses.record(message_id, MessageState.SENDING, attempt=attempt)
         started = time.perf_counter()
         try:
             result = await self.graph.send(request.phone_number_id, body)

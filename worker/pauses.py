@@ -34,8 +34,21 @@ class PauseStore:
         self, phone_number_id: str, *, reason: str, code: int | None, by: str = "worker"
     ) -> bool:
         """Pause a number; False if it was already paused (the first reason is kept)."""
-        value = json.dumps(asdict(Pause(reason=reason, code=code, since=time.time(), by=by)))
+        value = self._value(reason=reason, code=code, by=by)
         return bool(await self.redis.hsetnx(keys.PAUSED_NUMBERS, phone_number_id, value))  # type: ignore[misc]
+
+    @classmethod
+    def pause_into(
+        cls, pipe: Pipeline, phone_number_id: str, *, reason: str, code: int | None, by: str
+    ) -> None:
+        """Queue ``pause`` on a caller's pipeline (its answer: 1 when it was not paused)."""
+        pipe.hsetnx(
+            keys.PAUSED_NUMBERS, phone_number_id, cls._value(reason=reason, code=code, by=by)
+        )
+
+    @staticmethod
+    def _value(*, reason: str, code: int | None, by: str) -> str:
+        return json.dumps(asdict(Pause(reason=reason, code=code, since=time.time(), by=by)))
 
     async def resume(self, phone_number_id: str) -> bool:
         """Resume a number; False if it was not paused."""

@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Retry, Worker, func
 from pydantic import SecretStr
+from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from producer import keys
@@ -227,7 +228,15 @@ def create_worker(config: WorkerConfig) -> Worker:
         ],
         cron_jobs=cron_jobs,
         queue_name=config.queue_name,
-        redis_pool=ArqRedis.from_url(config.redis_url, **reconnecting()),
+        # The pool writes jobs too (cron jobs, retries): without the serializers arq pickles
+        # them, and the worker, reading JSON, cannot run them.
+        # (ArqRedis.from_url would hand these to the connection pool, not to arq.)
+        redis_pool=ArqRedis(
+            ConnectionPool.from_url(config.redis_url, **reconnecting()),
+            job_serializer=json_serializer,
+            job_deserializer=json.loads,
+            default_queue_name=config.queue_name,
+        ),
         burst=config.burst,
         max_burst_jobs=config.max_burst_jobs,
         poll_delay=config.poll_delay_s,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Final
+from collections.abc import Awaitable
+from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -37,10 +38,15 @@ class WindowStore:
 
     async def record_inbound(self, phone_number_id: str, wa_id: str, at: float) -> bool:
         """Open or extend the window from an inbound message's own timestamp."""
-        changed = await self._record(
-            keys=[keys.window(phone_number_id, wa_id)], args=[at, WINDOW_S]
+        return bool(await self.record_inbound_into(None, phone_number_id, wa_id, at))
+
+    def record_inbound_into(
+        self, pipe: Pipeline | None, phone_number_id: str, wa_id: str, at: float
+    ) -> Awaitable[Any]:
+        """``record_inbound`` on a caller's pipeline (only queued there; answer 1: moved)."""
+        return self._record(
+            keys=[keys.window(phone_number_id, wa_id)], args=[at, WINDOW_S], client=pipe
         )
-        return bool(changed)
 
     async def last_inbound(self, phone_number_id: str, wa_id: str) -> float | None:
         """The customer's last inbound time, or None when the window has expired."""
