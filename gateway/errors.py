@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from producer.errors import FieldError, InvalidRequest, WaqError
+
+log = structlog.get_logger("waq.gateway")
 
 __all__ = ["ApiError", "Conflict", "NotFound", "Unauthorized", "install_error_handlers"]
 
@@ -117,6 +121,23 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "2"},
         )
 
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # A bug or a failed Redis step: a clean 500 in waq's shape, never a stack trace.
+        # Meta redelivers a webhook answered 5xx; the traceback goes to the log.
+        return JSONResponse(
+            error_body("internal_error", "the request could not be completed; retry it"),
+            status_code=500,
+        )
+
+    async def redis_failed(request: Request, exc: Exception) -> JSONResponse:
+        # A Redis command refused (not a lost connection): handled here rather than as a
+        # bare Exception, which Starlette re-raises to the server after answering, and the
+        # server then drops the keep-alive connection under the client's next request.
+        log.error("request.redis_error", path=request.url.path, error=str(exc))
+        return await internal(request, exc)
+
+    app.add_exception_handler(Exception, internal)
+    app.add_exception_handler(RedisError, redis_failed)
     app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(InvalidRequest, invalid)

@@ -111,6 +111,10 @@ class WebhookProcessor:
         make a redelivery after a half-done apply (Redis dropped, the process died) look like
         a duplicate, losing it; here the marker exists only if every effect was applied.
         A concurrent delivery of the same item fails the WATCH and is the duplicate.
+
+        Redis does not roll a transaction back when one of its commands fails (a wrong type,
+        a script error): then the marker is taken back and the error raised, so the gateway
+        answers 5xx and Meta's redelivery applies the item again.
         """
         marker = keys.webhook_delivery(kind, item_id)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -121,9 +125,14 @@ class WebhookProcessor:
                 pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                 await apply(pipe)
                 pipe.set(marker, "1", ex=_DEDUPE_TTL_S)
-                return list(await pipe.execute())
+                answers = list(await pipe.execute(raise_on_error=False))
             except WatchError:
                 return None
+        if failed := [a for a in answers if isinstance(a, Exception)]:
+            await self.redis.delete(marker)
+            log.error("webhook.apply_failed", kind=kind, error=str(failed[0]))
+            raise failed[0]
+        return answers
 
     async def _inbound(
         self,

@@ -20,6 +20,7 @@ from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, Sa
 from tests.conftest import API_KEY, APP_SECRET, VERIFY_TOKEN
 from tests.support import run_burst_worker
 from worker.delivery import DeliveryConfig
+from worker.windows import WindowStore
 
 PNID = DEFAULT_PHONE_NUMBER_ID
 CUSTOMER = "+16505551234"
@@ -507,3 +508,56 @@ async def test_unreconciled_send_is_dead_lettered_as_ambiguous_by_policy(
     assert status["state"] == "dead"
     assert status["error"]["code"] == "ambiguous"
     assert len(await sandbox.ledger()) == 1
+
+
+async def test_an_inbound_message_whose_apply_failed_is_applied_when_redelivered(
+    api: httpx.AsyncClient, redis: Redis
+) -> None:
+    """Redis fails the apply half way (the inbound stream's key has the wrong type): the
+    gateway answers 5xx; Meta's redelivery, once Redis is right, opens the window and
+    publishes the message, once. A marker set before the apply lost it as a duplicate."""
+    await redis.set(keys.INBOUND_STREAM, "not a stream")
+    raw, headers = signed(inbound_payload("wamid.apply-fails-once"))
+    failed = await api.post("/webhooks/whatsapp", content=raw, headers=headers)
+    assert failed.status_code >= 500
+    await redis.delete(keys.INBOUND_STREAM)
+    redelivered = await api.post("/webhooks/whatsapp", content=raw, headers=headers)
+    assert redelivered.status_code == 200
+    assert redelivered.json()["inbound"] == 1
+    assert await WindowStore(redis).is_open(PNID, "16505551234")
+    entries = await redis.xrange(keys.INBOUND_STREAM)
+    assert [json.loads(fields[b"message"])["id"] for _, fields in entries] == [
+        "wamid.apply-fails-once"
+    ]
+    again = await api.post("/webhooks/whatsapp", content=raw, headers=headers)
+    assert again.json()["duplicates"] == 1
+    assert await redis.xlen(keys.INBOUND_STREAM) == 1
+
+
+async def test_an_async_failure_whose_apply_failed_is_dead_lettered_when_redelivered(
+    api: httpx.AsyncClient, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient,
+    redis: Redis,
+) -> None:  # fmt: skip
+    """Meta fails an accepted message by webhook (131047) while Redis fails the apply half way
+    (the dead-letter index has the wrong type): 5xx, and the redelivery makes the dead letter
+    instead of being skipped as already seen."""
+    await sandbox.set_webhook_url(None)  # this test posts the statuses itself
+    await sandbox.inbound(CUSTOMER)
+    await customer_writes_direct(api)
+    message_id = (await api.post("/v1/messages", json={"to": CUSTOMER, "message": TEXT})).json()[
+        "id"
+    ]
+    await run_burst_worker(redis_url, sandbox_server.url)
+    wamid = (await api.get(f"/v1/messages/{message_id}")).json()["wamid"]
+    failed = status_payload(wamid, "failed")
+    failed["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"] = [
+        {"code": 131047, "title": "Re-engagement message"}
+    ]
+    raw, headers = signed(failed)
+    await redis.set(keys.DEAD_LETTERS, "not a sorted set")
+    assert (await api.post("/webhooks/whatsapp", content=raw, headers=headers)).status_code >= 500
+    await redis.delete(keys.DEAD_LETTERS)
+    redelivered = await api.post("/webhooks/whatsapp", content=raw, headers=headers)
+    assert redelivered.json()["dead_letters"] == 1
+    assert (await api.get(f"/v1/messages/{message_id}")).json()["state"] == "dead"
+    assert await redis.zrange(keys.DEAD_LETTERS, 0, -1) == [message_id.encode()]
