@@ -26,9 +26,11 @@ from pydantic import SecretStr
 
 from producer.client import json_serializer
 from sandbox import DEFAULT_PHONE_NUMBER_ID
+from waq.settings import Settings
 from worker.delivery import DeliveryConfig
 from worker.graph import DEFAULT_GRAPH_API_VERSION
 from worker.limits import RateConfig
+from worker.logs import configure_logging
 from worker.runner import WorkerConfig, create_worker
 
 QUEUE = "bench:queue"
@@ -118,6 +120,11 @@ def main() -> None:
     parser.add_argument("--sandbox-url", default="")
     parser.add_argument("--transport", choices=["httpx", "aiohttp"], default="httpx")
     args = parser.parse_args()
+    # The log settings the harness asks for (WAQ_LOG_LEVEL, WAQ_LOG_FORMAT), to stderr, as
+    # `waq worker` applies them: unconfigured, structlog prints a console line per message
+    # to stdout, which is the pipe the harness reads the figures from.
+    settings = Settings()
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
     clock: dict[str, float] = {}
 
     def build() -> Worker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -27,6 +28,7 @@ __all__ = ["create_app"]
 
 log = structlog.get_logger("waq.gateway")
 State = Annotated[GatewayState, Depends(gateway_state)]
+_READY_TIMEOUT_S = 1.0
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -109,11 +111,19 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/readyz", tags=["probes"])
     async def readyz(state: State) -> Response:
-        """Redis answers: the gateway can take requests."""
+        """Redis answers within a second: the gateway can take requests.
+
+        The pool rides out a Redis restart by retrying for ~30 s; a probe must not wait that
+        long to say "not ready".
+        """
         try:
-            await state.redis.ping()
+            await asyncio.wait_for(state.redis.ping(), timeout=_READY_TIMEOUT_S)
         except Exception:  # whatever the failure, the answer is "not ready"
-            return JSONResponse(error_body("not_ready", "Redis is unreachable"), status_code=503)
+            return JSONResponse(
+                error_body("not_ready", "Redis is unreachable"),
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
         return JSONResponse({"ok": True})
 
     return app

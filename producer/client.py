@@ -29,18 +29,19 @@ __all__ = ["SEND_FUNCTION", "Enqueued", "Producer", "message_id_for", "reconnect
 SEND_FUNCTION: Final = "send_message"
 """The worker function's name: jobs are enqueued by name, so producers need no worker code."""
 
-# Creates the status record and the arq job together, and appends the message to its
-# conversation's order list, or does nothing when the message id already has a record
-# (an idempotent repeat). A message behind another in its conversation is scheduled
-# ``order_wait_s`` out: the one before wakes it when it is final (worker.ordering), so
-# queued conversations cost no polling, and the delay is only a safety net.
+# Creates the status record and the arq job together, appends the message to its
+# conversation's order list and notes its sender number (keys.SENDERS), or does nothing
+# when the message id already has a record (an idempotent repeat). A message behind
+# another in its conversation is scheduled ``order_wait_s`` out: the one before wakes it
+# when it is final (worker.ordering), so queued conversations cost no polling, and the
+# delay is only a safety net.
 # A script rather than arq's enqueue_job
 # because arq's WATCH/MULTI takes three round trips and cannot write our record atomically;
 # the job it writes is arq's own format (serialize_job), so arq's worker runs it unchanged.
 _ENQUEUE: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state then return state end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('RPUSH', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -49,6 +50,7 @@ local score = tonumber(ARGV[2])
 if redis.call('RPUSH', KEYS[5], ARGV[6]) > 1 then score = score + tonumber(ARGV[7]) end
 redis.call('EXPIRE', KEYS[5], ARGV[4])
 redis.call('ZADD', KEYS[4], score, ARGV[6])
+redis.call('SADD', KEYS[6], ARGV[8])
 return false
 """
 
@@ -159,6 +161,7 @@ class Producer:
                         keys.ARQ_JOB_PREFIX + message_id,
                         self.queue_name,
                         keys.order(request.phone_number_id, request.wa_id),
+                        keys.SENDERS,
                     ],
                     args=[
                         job_payload(message_id, payload),
@@ -168,6 +171,7 @@ class Producer:
                         event,
                         message_id,
                         int(self.order_wait_s * 1000),
+                        request.phone_number_id,
                         *flat,
                     ],
                     client=pipe,

@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_QUEUE",
     "INBOUND_STREAM",
     "PAUSED_NUMBERS",
+    "SENDERS",
     "WEBHOOK_SEEN",
     "conversation",
     "dead_letter",
@@ -32,6 +33,10 @@ ARQ_JOB_PREFIX: Final = "arq:job:"
 
 PAUSED_NUMBERS: Final = "waq:paused"
 """hash, phone_number_id -> JSON {reason, code, since}; no TTL: an operator or probe resumes."""
+
+SENDERS: Final = "waq:senders"
+"""set, every phone_number_id a producer ever enqueued from; no TTL: how operators' commands
+tell a number waq knows from a typo."""
 
 DEAD_LETTERS: Final = "waq:dlq"
 """zset, message id scored by the time it died (unix s); no TTL: ops drain it."""

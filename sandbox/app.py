@@ -130,10 +130,12 @@ async def send_message(request: Request) -> Response:
     meta = sandbox.meta
     if meta.faults.latency_ms:
         await asyncio.sleep(meta.faults.latency_ms / 1000)
-    fault = meta.faults.draw(meta.rng)
+    body = await _json_body(request)
+    rng = meta.request_rng(body)
+    fault = meta.faults.draw(rng)
     if fault is Fault.SERVER_ERROR:
         meta.outcomes["server_error"] = meta.outcomes.get("server_error", 0) + 1
-        code, title, status = meta.rng.choice(
+        code, title, status = rng.choice(
             [(131000, "Something went wrong", 500), (131016, "Service unavailable", 503)]
         )
         return _meta_error(MetaError(code, title, "Sandbox: injected fault.", http_status=status))
@@ -143,7 +145,6 @@ async def send_message(request: Request) -> Response:
         return Response(status_code=504)
     try:
         meta.authorize(request.headers.get("authorization"))
-        body = await _json_body(request)
         answer, pending = meta.send(request.path_params["phone_number_id"], body)
     except MetaError as exc:
         return _meta_error(exc)

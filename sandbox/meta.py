@@ -6,6 +6,7 @@ puts it behind Meta's routes.
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 from sandbox.config import NumberConfig, SandboxConfig, WindowErrors
 from sandbox.faults import Faults
-from sandbox.meta_error import MetaError
+from sandbox.meta_error import MetaError, no_token, token_refused
 from sandbox.rules import check_body, media_extension_ok, template_body_parameter_count
 
 __all__ = ["FakeMeta", "LedgerEntry", "PendingStatus"]
@@ -98,29 +99,37 @@ class FakeMeta:
         self.async_failures: dict[str, int] = {}
         self.ledger: list[LedgerEntry] = []
         self.by_wamid: dict[str, LedgerEntry] = {}
+        self._requests_seen: dict[str, int] = {}
         self.inbound: list[dict[str, Any]] = []
         self.outcomes: dict[str, int] = {}
         self._recent: dict[str, deque[float]] = {}
         self._pairs: dict[tuple[str, str], _PairBucket] = {}
         self._peak_per_second: dict[str, int] = {}
 
+    def request_rng(self, body: Any) -> random.Random:
+        """The generator that draws one send request's faults.
+
+        Seeded by the configured seed, the request (less ``biz_opaque_callback_data``, a
+        fresh id each run) and how often that request was seen: the same message meets the
+        same faults on every run, whatever order concurrent workers send in. One generator
+        shared by every request would hand out its draws in arrival order instead.
+        """
+        if isinstance(body, dict):
+            body = {k: v for k, v in body.items() if k != "biz_opaque_callback_data"}
+        key = json.dumps(body, sort_keys=True, default=str)
+        seen = self._requests_seen[key] = self._requests_seen.get(key, 0) + 1
+        return random.Random(f"{self.config.seed}|{key}|{seen}")
+
     # -- Meta's send rules -------------------------------------------------------------
 
     def authorize(self, authorization: str | None) -> None:
         """Check the bearer token as Meta does before anything else."""
         if not authorization or not authorization.startswith("Bearer "):
-            raise MetaError(200, "Permissions error", "No access token provided", http_status=403)
+            raise no_token()
         if authorization.removeprefix("Bearer ") != self.access_token:
-            raise MetaError(
-                190, "Invalid OAuth access token", "Cannot parse access token", http_status=401
-            )
+            raise token_refused("Invalid OAuth access token - Cannot parse access token")
         if self.token_expired:
-            raise MetaError(
-                190,
-                "Access token has expired",
-                "Error validating access token: Session has expired",
-                http_status=401,
-            )
+            raise token_refused("Error validating access token: Session has expired")
 
     def number(self, phone_number_id: str) -> NumberConfig:
         """The number, or Meta's 100/33 for an id that does not exist."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-__all__ = ["MetaError", "invalid", "invalid_value", "missing"]
+__all__ = ["MetaError", "invalid", "invalid_value", "missing", "no_token", "token_refused"]
 
 
 class MetaError(Exception):
@@ -20,8 +20,10 @@ class MetaError(Exception):
         http_status: int = 400,
         subcode: int | None = None,
         error_type: str = "OAuthException",
+        message: str | None = None,
     ) -> None:
         super().__init__(f"({code}) {title}: {details}")
+        self.message = message
         self.code = code
         self.title = title
         self.details = details
@@ -32,7 +34,7 @@ class MetaError(Exception):
     def body(self) -> dict[str, Any]:
         """Meta's synchronous error body."""
         error: dict[str, Any] = {
-            "message": f"(#{self.code}) {self.title}",
+            "message": self.message or f"(#{self.code}) {self.title}",
             "type": self.error_type,
             "code": self.code,
             "error_data": {"messaging_product": "whatsapp", "details": self.details},
@@ -66,3 +68,18 @@ def invalid(param: str, why: str) -> MetaError:
 def invalid_value(param: str, why: str) -> MetaError:
     """131009, a value Meta parsed but refuses."""
     return MetaError(131009, "Parameter value is not valid", f"{param}: {why}")
+
+
+def no_token() -> MetaError:
+    """A request with no bearer token: Meta's OAuthException 2500, HTTP 400, before anything else.
+
+    OAuth errors carry Meta's plain sentence as ``message``, not the ``(#code) title`` form
+    of the WhatsApp errors.
+    """
+    sentence = "An active access token must be used to query information about the current user."
+    return MetaError(2500, "Access token required", sentence, message=sentence)
+
+
+def token_refused(details: str) -> MetaError:
+    """190, HTTP 401: a token Meta cannot parse, or one that expired or was revoked."""
+    return MetaError(190, "Invalid OAuth access token", details, http_status=401, message=details)

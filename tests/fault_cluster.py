@@ -41,6 +41,7 @@ class Report:
     delivered_twice: int = 0
     never_delivered: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
+    out_of_order: int = 0
     drain_s: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -49,7 +50,8 @@ class Report:
         dead = ", ".join(f"{n}x{code}" for code, n in sorted(self.dead_lettered.items())) or "0"
         extra = "; ".join(f"{k} {v}" for k, v in self.notes.items())
         cells = (self.scenario, self.enqueued, self.delivered_once, self.delivered_twice,
-                 self.never_delivered, dead, f"{self.drain_s:.1f}", extra)  # fmt: skip
+                 self.never_delivered, dead, self.out_of_order, f"{self.drain_s:.1f}",
+                 extra)  # fmt: skip
         return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
@@ -156,7 +158,11 @@ class Cluster:
 
     async def customers_write_in(self, count: int) -> list[str]:
         """Customers write in through the sandbox; their windows open through the gateway."""
-        customers = [f"+1650{5560000 + i}" for i in range(count)]
+        return await self.customers_write_in_from([f"+1650{5560000 + i}" for i in range(count)])
+
+    async def customers_write_in_from(self, customers: list[str]) -> list[str]:
+        """These customers write in; returns them once every window opened."""
+        count = len(customers)
         async with SandboxClient(self.sandbox_url) as sandbox:
             for number in customers:
                 await sandbox.inbound(number)
@@ -194,6 +200,25 @@ class Cluster:
             await redis.aclose()
         return {i: (v.decode() if v else "missing") for i, v in zip(ids, raw, strict=True)}
 
+    async def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each message's history events."""
+        redis = Redis.from_url(self.redis_url, **reconnecting())
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for message_id in ids:
+                    pipe.lrange(keys.message_history(message_id), 0, -1)
+                raw = await pipe.execute()
+        finally:
+            await redis.aclose()
+        return {
+            i: [json.loads(event) for event in events] for i, events in zip(ids, raw, strict=True)
+        }
+
+    async def set_faults(self, **faults: float) -> None:
+        """The sandbox's faults (latency keeps sends in flight long enough to be hit)."""
+        async with SandboxClient(self.sandbox_url) as sandbox:
+            await sandbox.set_faults(**faults)
+
     async def drain(self, ids: list[str], timeout_s: float) -> float:
         """Wait until every message is final; return how long it took."""
         started = time.monotonic()
@@ -222,6 +247,16 @@ class Cluster:
         finally:
             await redis.aclose()
         report = Report(scenario, len(ids), drain_s=drain_s, dead_lettered=dict(dead))
+        # Per customer, the ledger (Meta's acceptance order) must follow the enqueue order.
+        position = {message_id: i for i, message_id in enumerate(ids)}
+        last: dict[str, int] = {}
+        for entry in ledger:
+            index = position.get(entry["biz_opaque_callback_data"])
+            if index is None:
+                continue
+            if index < last.get(entry["wa_id"], -1):
+                report.out_of_order += 1
+            last[entry["wa_id"]] = max(index, last.get(entry["wa_id"], -1))
         for message_id in ids:
             copies = sent.get(message_id, 0)
             if copies == 1:

@@ -11,6 +11,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
+from producer import Producer
 from producer.status import MessageState, StatusEvent
 from producer.status_store import StatusStore
 from waq.cli import app
@@ -26,6 +27,17 @@ def env(redis_url: str) -> dict[str, str]:
     """The CLI's environment, on an emptied server."""
     SyncRedis.from_url(redis_url).flushall()
     return {"WAQ_REDIS_URL": redis_url, "WAQ_LOG_FORMAT": "console"}
+
+
+async def enqueue_one(redis_url: str) -> None:
+    async with Producer.connect(redis_url) as producer:
+        await producer.enqueue(
+            {
+                "phone_number_id": PNID,
+                "to": "+16505551234",
+                "message": {"type": "text", "text": {"body": "hi"}},
+            }
+        )
 
 
 def add_dead_letter(redis_url: str, message_id: str, code: int, suggestion: Suggestion) -> None:
@@ -86,9 +98,23 @@ def test_dlq_show(env: dict[str, str], redis_url: str) -> None:
     assert "no dead letter m_nope" in missing.output
 
 
+def test_pause_refuses_a_number_waq_never_saw_unless_forced(env: dict[str, str]) -> None:
+    """A typo must not pause nothing and add a phantom row to `waq status`."""
+    runner = CliRunner()
+    refused = runner.invoke(app, ["pause", "123"], env=env)
+    assert refused.exit_code == 2
+    assert "never seen number 123" in refused.output
+    assert "123" not in runner.invoke(app, ["status"], env=env).output
+    forced = runner.invoke(app, ["pause", "123", "--force"], env=env)
+    assert forced.exit_code == 0
+    assert "123: paused" in forced.output
+
+
 def test_pause_and_resume(env: dict[str, str], redis_url: str) -> None:
     """pause records an operator pause with its reason; resume lifts it; repeats say so."""
     runner = CliRunner()
+    asyncio.run(enqueue_one(redis_url))  # waq knows the number once a message was queued
+    assert runner.invoke(app, ["status"], env=env).output.count(PNID) == 1
     assert "paused" in runner.invoke(app, ["pause", PNID, "--reason", "migration"], env=env).output
     assert "already paused" in runner.invoke(app, ["pause", PNID], env=env).output
 

@@ -307,3 +307,40 @@ async def test_control_route_refuses_unknown_fault(
         response = await client.post(f"{sandbox_server.url}/_sandbox/faults", json={"drop_rate": 1})
     assert response.status_code == 400
     assert "drop_rate" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (None, 400, 2500, "An active access token must be used to query information about the "
+         "current user."),
+        ("Bearer wrong", 401, 190, "Invalid OAuth access token - Cannot parse access token"),
+        ("Basic abc", 400, 2500, "An active access token must be used to query information "
+         "about the current user."),
+    ],
+)  # fmt: skip
+async def test_requests_without_a_valid_token_get_metas_oauth_errors(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, case: tuple[str | None, int, int, str]
+) -> None:
+    """As Meta: no token is OAuthException 2500 (400), a bad one 190 (401), its plain text."""
+    authorization, http_status, code, message = case
+    headers = {"Authorization": authorization} if authorization else {}
+    async with httpx.AsyncClient(base_url=sandbox_server.url) as client:
+        response = await client.post(f"/v24.0/{PNID}/messages", json=body(), headers=headers)
+    assert response.status_code == http_status
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["message"]) == ("OAuthException", code, message)
+    assert error["fbtrace_id"]
+
+
+async def test_an_expired_token_is_190_with_401(
+    sandbox_server: SandboxServer, sandbox: SandboxClient
+) -> None:
+    await sandbox.expire_token(True)
+    headers = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
+    async with httpx.AsyncClient(base_url=sandbox_server.url) as client:
+        response = await client.post(f"/v24.0/{PNID}/messages", json=body(), headers=headers)
+    await sandbox.expire_token(False)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == 190
+    assert "Session has expired" in response.json()["error"]["message"]

@@ -70,6 +70,11 @@ def stop(workers: list[subprocess.Popen[bytes]]) -> list[int]:
     return [worker.wait(timeout=40) for worker in workers]
 
 
+def read_logs(log_dir: Path) -> str:
+    """Everything the workers logged."""
+    return "".join(path.read_text() for path in sorted(log_dir.glob("worker-*.log")))
+
+
 def log_events(log_dir: Path) -> Counter[str]:
     """How often each structlog event appears in the workers' JSON logs."""
     events: Counter[str] = Counter()
@@ -202,6 +207,9 @@ async def test_the_probe_resumes_a_number_once_its_token_works(
     assert [e["biz_opaque_callback_data"] for e in ledger] == [queued.message_id]
     assert resume_s <= 5 + 5, f"resumed {resume_s:.1f} s after the token worked"
     assert log_events(tmp_path)["alert.number_resumed"] == 1
+    logs = read_logs(tmp_path)
+    assert "190" in logs  # the refusals were logged...
+    assert ACCESS_TOKEN not in logs  # ...without the token they refused
     cron_jobs = [key for key in raw_jobs if b"probe_paused_numbers" in key]
     assert cron_jobs, "the sampler saw the probe's cron job queued"
     for key, value in raw_jobs.items():

@@ -67,7 +67,7 @@ def scene() -> list[Step]:
 
 async def run_demo(redis_url: str, *, say: Any = print) -> int:
     """Run the scene; return 0 when every outcome is the expected one."""
-    config = SandboxConfig(access_token=_TOKEN, seed=7, status_delay_s=0.01)
+    config = SandboxConfig(access_token=_TOKEN, seed=2, status_delay_s=0.01)
     with SandboxServer(config) as server:
         async with SandboxClient(server.url) as sandbox:
             return await _scene(redis_url, server.url, sandbox, say)
@@ -143,7 +143,7 @@ def _report(
         say(
             f"{step.label:<28} {shorten_phone(status.to):<11} {status.state.value:<9} {status.attempts:>5}  {detail}{mark}"
         )
-    retried = sum(1 for s in statuses if s is not None and s.attempts > 1)
-    say(f"\n{len(ledger)} accepted by the sandbox, {retried} after transient errors; "
+    retried = sum(1 for s in statuses if s is not None and s.id in ledger and s.attempts > 1)
+    say(f"\n{len(ledger)} accepted by the sandbox, {retried} of them after transient errors; "
         f"{'every outcome as expected' if not failures else f'{failures} unexpected outcome(s)'}")  # fmt: skip
     return 1 if failures else 0

@@ -10,7 +10,7 @@ import typer
 from waq._command import open_redis, run
 from waq.settings import Settings
 from worker.limits import RateConfig, RateLimiter
-from worker.overview import NumberState, Overview, read_overview
+from worker.overview import NumberState, Overview, known_numbers, read_overview
 from worker.pauses import PauseStore
 
 __all__ = ["limits", "pause", "resume", "status"]
@@ -63,20 +63,33 @@ def pause(
     reason: Annotated[
         str, typer.Option(help="Why, for the other operators.")
     ] = "paused by an operator",
+    force: Annotated[
+        bool, typer.Option("--force", help="Pause a number waq has never seen (e.g. before use).")
+    ] = False,
 ) -> None:
     """Stop sending from a number; its messages wait (nothing is dead-lettered)."""
     settings = Settings()
 
-    async def go() -> bool:
+    async def go() -> bool | None:
         redis = open_redis(settings)
         try:
+            if not force and phone_number_id not in await known_numbers(redis):
+                return None
             return await PauseStore(redis).pause(
                 phone_number_id, reason=reason, code=None, by="operator"
             )
         finally:
             await redis.aclose()
 
-    typer.echo(f"{phone_number_id}: {'paused' if run(go()) else 'was already paused'}")
+    paused = run(go())
+    if paused is None:
+        typer.echo(
+            f"waq has never seen number {phone_number_id}: no message was queued from it. "
+            "Check the id (`waq status` lists the known ones), or pass --force to pause it anyway.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    typer.echo(f"{phone_number_id}: {'paused' if paused else 'was already paused'}")
 
 
 def resume(

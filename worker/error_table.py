@@ -113,6 +113,7 @@ ERROR_TABLE: Final[dict[int, ErrorRule]] = {
     190: _pause("access token expired: refresh it"),
     368: _pause("the WhatsApp Business Account is restricted for a policy violation"),
     470: _permanent(_TEMPLATE, "outside the 24-hour window: send an approved template instead"),
+    2500: _pause("no access token was sent: set WAQ_ACCESS_TOKEN"),
     80007: _retry(
         "the WhatsApp Business Account hit its rate limit: slow down", throttle=Throttle.APP
     ),

@@ -20,7 +20,7 @@ from worker.limits import APP_SCOPE, RateConfig, RateLimiter
 from worker.pauses import PauseStore
 from worker.runner import HEALTH_KEY_SUFFIX
 
-__all__ = ["NumberOverview", "NumberState", "Overview", "read_overview"]
+__all__ = ["NumberOverview", "NumberState", "Overview", "known_numbers", "read_overview"]
 
 _ARQ_IN_PROGRESS = "arq:in-progress:"
 
@@ -71,6 +71,23 @@ class Overview(BaseModel):
     numbers: list[NumberOverview]
 
 
+async def known_numbers(redis: Redis) -> set[str]:
+    """Every sender number waq has a trace of: enqueued from, paused, limited, dead-lettered."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.smembers(keys.SENDERS)
+        pipe.hkeys(keys.PAUSED_NUMBERS)
+        pipe.hkeys(keys.RATE_LIMITS)
+        pipe.hkeys(keys.DEAD_LETTER_COUNTS)
+        senders, paused, limited, counted = await pipe.execute()
+    numbers = {_text(n) for n in (*senders, *paused, *limited)}
+    numbers.update(
+        label.removeprefix("number:")
+        for label in map(_text, counted)
+        if label.startswith("number:")
+    )
+    return numbers
+
+
 async def read_overview(
     redis: Redis, *, queue_name: str = keys.DEFAULT_QUEUE, default_mps: float = 80.0
 ) -> Overview:
@@ -94,7 +111,8 @@ async def read_overview(
         pipe.exists(queue_name + HEALTH_KEY_SUFFIX)
         pipe.hgetall(keys.DEAD_LETTER_COUNTS)
         pipe.hgetall(keys.RATE_LIMITS)
-        depth, due, dead, alive, counts, rates = await pipe.execute()
+        pipe.smembers(keys.SENDERS)
+        depth, due, dead, alive, counts, rates, senders = await pipe.execute()
     dead_by_number = {
         label.removeprefix("number:"): int(value)
         for label, value in ((_text(k), v) for k, v in counts.items())
@@ -105,7 +123,8 @@ async def read_overview(
     limiter = RateLimiter(redis, RateConfig(default_mps=default_mps))
     app_slowdown = await limiter.slowdown(APP_SCOPE)
     numbers = []
-    for phone_number_id in sorted({*pending, *pauses, *mps, *dead_by_number, *throttled}):
+    seen = {*pending, *pauses, *mps, *dead_by_number, *throttled, *map(_text, senders)}
+    for phone_number_id in sorted(seen):
         slowdown = app_slowdown * await limiter.slowdown(phone_number_id)
         pause = pauses.get(phone_number_id)
         waiting = pending.get(phone_number_id, 0)

@@ -1,0 +1,187 @@
+"""Promises the docs make that no other test held: resend after the reconcile wait, Meta's
+throttles, slot pacing, the window margin, retention. Real Valkey, the sandbox over HTTP,
+arq workers in burst mode; each test asserts the state a run leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from redis.asyncio import Redis
+
+from producer import keys
+from producer.status import MessageState
+from sandbox import SandboxClient
+from tests.support import CUSTOMER, PNID, TEMPLATE, Pipeline
+from worker.delivery import DeliveryConfig
+from worker.limits import APP_SCOPE, RateConfig, RateLimiter
+from worker.windows import WINDOW_S
+
+
+async def test_resend_policy_sends_again_after_the_reconcile_wait(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """No answer and no status webhook: under the default `resend` policy the message waits
+    the reconcile wait, then goes again (the duplicate the docs warn about) and is accepted."""
+    await pipeline.customer_writes(sandbox)
+    await sandbox.set_faults(drop_ratio=1)
+    enqueued = await pipeline.send()
+
+    async def heal() -> None:  # the first answer is dropped; the resend is answered
+        while not await sandbox.ledger():  # noqa: ASYNC110 - another process's state
+            await asyncio.sleep(0.01)
+        await sandbox.set_faults(drop_ratio=0)
+
+    healer = asyncio.create_task(heal())
+    started = time.monotonic()
+    await pipeline.run_worker(delivery=DeliveryConfig(reconcile_wait_s=0.5, reconcile_check_s=0.05))
+    took = time.monotonic() - started
+    await healer
+    status = await pipeline.status(enqueued.message_id)
+    ledger = await sandbox.ledger()
+    assert [e["biz_opaque_callback_data"] for e in ledger] == [enqueued.message_id] * 2
+    assert status.state is MessageState.ACCEPTED
+    assert status.wamid == ledger[1]["wamid"]
+    assert took >= 0.5  # it waited for a webhook before sending again
+    details = [e.detail or "" for e in status.history]
+    assert any("outcome unknown" in d for d in details)
+
+
+async def test_meta_throttling_the_number_halves_its_rate_and_costs_no_attempt(
+    pipeline: Pipeline, sandbox: SandboxClient, redis: Redis
+) -> None:
+    """The fake Meta allows 5 mps while waq thinks 80: 130429s slow the number down (the
+    divisor in Redis), every message is accepted, and no throttle counts as an attempt."""
+    await sandbox.set_number(PNID, mps=5)
+    customers = [f"+1650557{i:04d}" for i in range(20)]
+    ids = [
+        (await pipeline.send(to, TEMPLATE)).message_id for to in customers
+    ]  # templates: no window needed
+    await pipeline.run_worker(delivery=DeliveryConfig(max_attempts=2, pause_check_s=0.01))
+    stats = await sandbox.stats()
+    assert stats["outcomes"].get("130429", 0) > 0, stats
+    assert await RateLimiter(redis).slowdown(PNID) > 1.5
+    for message_id in ids:
+        status = await pipeline.status(message_id)
+        assert status.state is MessageState.ACCEPTED, status
+        assert status.attempts == 1  # max_attempts=2 would have dead-lettered a counted one
+
+
+async def test_app_wide_throttle_slows_every_number(
+    pipeline: Pipeline, sandbox: SandboxClient, redis: Redis
+) -> None:
+    """Code 4 (the app's call limit) slows everything down: the app-wide divisor moves."""
+    await sandbox.set_number(PNID, send_error_code=4)
+
+    async def heal() -> None:
+        while "4" not in (await sandbox.stats())["outcomes"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await sandbox.set_number(PNID, send_error_code=None)
+
+    healer = asyncio.create_task(heal())
+    enqueued = await pipeline.send(CUSTOMER, TEMPLATE)
+    await pipeline.run_worker()
+    await healer
+    assert await RateLimiter(redis).slowdown(APP_SCOPE) > 1.5
+    status = await pipeline.status(enqueued.message_id)
+    assert status.state is MessageState.ACCEPTED
+    assert status.attempts == 1
+
+
+async def test_pair_throttle_131056_backs_off_that_customer_only(
+    pipeline: Pipeline, sandbox: SandboxClient, redis: Redis
+) -> None:
+    """131056 pushes that pair's next slot out 4^x seconds (1 s, then 4 s), and no refusal is
+    an attempt; another customer is untouched meanwhile."""
+    await sandbox.set_number(PNID, send_error_code=131056)
+
+    async def heal() -> None:  # Meta refuses twice, then accepts
+        while (await sandbox.stats())["outcomes"].get("131056", 0) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await sandbox.set_number(PNID, send_error_code=None)
+
+    healer = asyncio.create_task(heal())
+    throttled = await pipeline.send(CUSTOMER, TEMPLATE)
+    await pipeline.run_worker()
+    await healer
+    status = await pipeline.status(throttled.message_id)
+    assert status.state is MessageState.ACCEPTED
+    assert status.attempts == 1
+    refused = [e.at for e in status.history if (e.error or {}).get("code") == 131056]
+    accepted_at = next(e for e in status.history if e.state is MessageState.ACCEPTED).at
+    assert len(refused) == 2
+    assert refused[1] - refused[0] >= 1 * 0.9  # 4^0 s after the first refusal
+    assert accepted_at - refused[1] >= 4 * 0.9  # 4^1 s after the second
+    limiter = RateLimiter(redis)
+    assert (await limiter.acquire(PNID, "16505550000")).granted
+
+
+async def test_a_slot_more_than_max_sleep_away_is_deferred_not_slept(redis: Redis) -> None:
+    """At 0.5 mps the second slot is 2 s out, past the 1 s a job may sleep: refused with the
+    wait (the job is deferred that long), and nothing reserved."""
+    limiter = RateLimiter(redis, RateConfig(default_mps=0.5, safety=0, pair_burst=100))
+    assert (await limiter.wait_for_slot(PNID, "16505550001")).granted
+    started = time.monotonic()
+    deferred = await limiter.wait_for_slot(PNID, "16505550002")
+    assert time.monotonic() - started < 1.0  # answered, not slept
+    assert not deferred.granted
+    assert deferred.reason == "number"
+    assert 1.0 < deferred.wait_s <= 2.0
+    again = await limiter.wait_for_slot(PNID, "16505550003")
+    assert again.wait_s <= deferred.wait_s  # the refusal reserved nothing
+
+
+async def test_a_missed_slot_is_given_up(redis: Redis) -> None:
+    """A stalled event loop wakes past its slot: the slot is given up (a late send would
+    bunch with on-time ones), and after `tries` misses the caller hears `busy`."""
+    limiter = RateLimiter(
+        redis, RateConfig(default_mps=20, safety=0, pair_burst=100, late_tolerance_s=0.01)
+    )
+    for i in range(3):  # the next slot is ~0.15 s out
+        assert (await limiter.acquire(PNID, f"1650555100{i}")).granted
+
+    async def stall() -> None:
+        await asyncio.sleep(0.02)
+        time.sleep(0.3)  # noqa: ASYNC251 - the point: the loop is blocked past the slot
+
+    staller = asyncio.create_task(stall())
+    slot = await limiter.wait_for_slot(PNID, "16505551009", tries=1)
+    await staller
+    assert not slot.granted
+    assert slot.reason == "busy"
+
+
+async def test_release_pair_gives_back_a_slot_meta_refused(redis: Redis) -> None:
+    """At the pair's burst the next message waits; a refused one gives its slot back."""
+    limiter = RateLimiter(redis, RateConfig(default_mps=1000, pair_burst=2))
+    assert (await limiter.acquire(PNID, "16505551234")).granted
+    assert (await limiter.acquire(PNID, "16505551234")).granted
+    assert not (await limiter.acquire(PNID, "16505551234")).granted
+    await limiter.release_pair(PNID, "16505551234")
+    assert (await limiter.acquire(PNID, "16505551234")).granted
+
+
+async def test_window_margin_closes_the_window_early(
+    pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """A customer who wrote 23 h 59.5 min ago: with the default 60 s margin waq treats the
+    window as closed and dead-letters the text without calling Meta; with no margin it goes."""
+    at = time.time() - (WINDOW_S - 30)
+    await sandbox.inbound(CUSTOMER, timestamp=at)  # Meta's window: still open
+    await pipeline.windows.record_inbound(PNID, CUSTOMER[1:], at)
+    late = await pipeline.send()
+    await pipeline.run_worker()
+    assert (await pipeline.status(late.message_id)).state is MessageState.DEAD
+    assert await sandbox.ledger() == []
+    on_time = await pipeline.send(idempotency_key="no-margin")
+    await pipeline.run_worker(window_margin_s=0)
+    assert (await pipeline.status(on_time.message_id)).state is MessageState.ACCEPTED
+
+
+async def test_status_records_expire_after_the_retention(pipeline: Pipeline, redis: Redis) -> None:
+    """A message's record and history carry the retention as their TTL (7 days by default)."""
+    enqueued = await pipeline.send(CUSTOMER, TEMPLATE)
+    record_ttl = await redis.ttl(keys.message(enqueued.message_id))
+    history_ttl = await redis.ttl(keys.message_history(enqueued.message_id))
+    assert 7 * 24 * 3600 - 60 < record_ttl <= 7 * 24 * 3600
+    assert 7 * 24 * 3600 - 60 < history_ttl <= 7 * 24 * 3600
