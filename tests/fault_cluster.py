@@ -29,6 +29,7 @@ TOKEN = "fault-token"  # the local sandbox's, not a secret
 SECRET = "fault-secret"
 API_KEY = "fault-key"
 FINAL = {state.value for state in FINAL_STATES}
+MPS = 200
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Cluster:
             "WAQ_VERIFY_TOKEN": "v",
             "WAQ_API_KEYS": API_KEY,
             "WAQ_DEFAULT_PHONE_NUMBER_ID": PNID,
-            "WAQ_DEFAULT_MPS": "200",
+            "WAQ_DEFAULT_MPS": str(MPS),
             "WAQ_GRAPH_TIMEOUT_S": str(graph_timeout_s),
             "WAQ_RECONCILE_WAIT_S": str(reconcile_wait_s),
             "WAQ_BACKOFF_BASE_S": "0.05",
@@ -136,6 +137,11 @@ class Cluster:
         self.gateway = self._spawn("gateway", "--port", str(self.gateway_port))
         _wait_http(f"{self.sandbox_url}/_sandbox/health")
         _wait_http(f"{self.gateway_url}/healthz")
+        # The fake Meta's limit is the workers' (WAQ_DEFAULT_MPS); at its default 80 it
+        # answered 130429s and the workers slowed down, stalling the runs for a second.
+        httpx.post(
+            f"{self.sandbox_url}/_sandbox/numbers/{PNID}", json={"mps": MPS}
+        ).raise_for_status()
         for _ in range(self.worker_count):
             self.start_worker()
 
