@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import time
 
 import pytest
@@ -11,12 +13,14 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from producer import Producer
+from producer import Producer, keys
 from producer.status import MessageState, StatusEvent
 from producer.status_store import StatusStore
+from sandbox import SandboxClient
 from waq.cli import app
 from worker.dead_letters import DeadLetter, DeadLetterStore
 from worker.error_table import Suggestion
+from worker.limits import RateLimiter
 from worker.pauses import PauseStore
 
 PNID = "106540352242922"
@@ -148,3 +152,53 @@ def test_health_needs_a_number(env: dict[str, str]) -> None:
     result = CliRunner().invoke(app, ["health"], env={**env, "WAQ_DEFAULT_PHONE_NUMBER_ID": ""})
     assert result.exit_code == 2
     assert "--phone-number-id" in result.output
+
+
+def test_limits_set_show_and_refusals(env: dict[str, str], redis_url: str) -> None:
+    """A number's mps is shared through Redis: set, shown, read by the limiter, reset."""
+    runner = CliRunner()
+    assert "80 messages per second" in runner.invoke(app, ["limits", "show", PNID], env=env).output
+    assert runner.invoke(app, ["limits", "set", PNID, "--mps", "250"], env=env).exit_code == 0
+    assert "250 messages per second" in runner.invoke(app, ["limits", "show", PNID], env=env).output
+
+    async def configured() -> float:
+        redis = Redis.from_url(redis_url)
+        try:
+            return await RateLimiter(redis).mps(PNID)
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(configured()) == 250
+    assert runner.invoke(app, ["limits", "set", PNID, "--default"], env=env).exit_code == 0
+    assert asyncio.run(configured()) == 80
+    for bad in (["--mps", "-1"], [], ["--mps", "5", "--default"]):
+        refused = runner.invoke(app, ["limits", "set", PNID, *bad], env=env)
+        assert refused.exit_code == 2, bad
+        assert "error:" in refused.output
+
+
+async def test_health_exit_codes_follow_the_verdict(
+    redis: Redis, redis_url: str, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """`waq health` as a process: 1 degraded (no webhook seen yet), 0 healthy, 2 unhealthy
+    (Meta reports the number BLOCKED), each with the verdict on its first line."""
+    env = {**os.environ, "WAQ_REDIS_URL": redis_url, "WAQ_DEFAULT_PHONE_NUMBER_ID": PNID}
+
+    async def health() -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "waq", "health", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await process.communicate()
+        assert process.returncode is not None
+        return process.returncode, out.decode()
+
+    code, out = await health()
+    assert (code, out.split()[0]) == (1, "DEGRADED"), out
+    assert "no verification handshake or signed webhook" in out
+    await redis.hset(keys.WEBHOOK_SEEN, "last_post_at", repr(time.time()))
+    code, out = await health()
+    assert (code, out.split()[0]) == (0, "HEALTHY"), out
+    await sandbox.set_number(PNID, health="BLOCKED")
+    code, out = await health()
+    assert (code, out.split()[0]) == (2, "UNHEALTHY"), out

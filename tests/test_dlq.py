@@ -254,10 +254,21 @@ async def test_an_invalid_request_stays_with_its_reason(redis: Redis, env: dict[
     assert await store.get("m_bad") is not None
 
 
-async def test_bulk_requeue_killed_half_way_loses_and_doubles_nothing(
-    redis: Redis, redis_url: str
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["requeue"],
+        ["requeue-template", "--template", "waq_followup", "--language", "en"],
+        ["purge"],
+    ],
+    ids=["requeue", "requeue-template", "purge"],
+)
+async def test_a_bulk_move_killed_half_way_loses_and_doubles_nothing(
+    redis: Redis, redis_url: str, command: list[str]
 ) -> None:
-    """SIGKILL a bulk requeue mid-way: every entry is in the queue or requeued, never both."""
+    """SIGKILL a bulk requeue, requeue-template or purge mid-way: every entry is still a
+    dead letter (entry and index together) or moved (requeued, or purged with its event),
+    never both, never half."""
     store = store_for(redis)
     total = 3000
     await asyncio.gather(
@@ -265,28 +276,39 @@ async def test_bulk_requeue_killed_half_way_loses_and_doubles_nothing(
     )
     assert await store.count() == total
     process = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "waq", "dlq", "requeue", "--all", "--yes"],
+        *[sys.executable, "-m", "waq", "dlq", *command, "--all", "--yes"],
         env={**os.environ, "WAQ_REDIS_URL": redis_url},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
     while line := await process.stderr.readline():  # the first progress line: a few moved
-        if line.startswith(b"requeue: "):
+        if line.startswith(command[0].encode() + b": "):
             break
     process.send_signal(signal.SIGKILL)
     await process.wait()
 
+    every = {f"m_{i:05}" for i in range(total)}
     left = {x.id for x in await store.list(limit=total)}
-    queued = {i.decode() for i in await redis.zrange(keys.DEFAULT_QUEUE, 0, -1)}
-    states = {
-        state.decode() if state else None
-        for state in [await redis.hget(keys.message(f"m_{i:05}"), "state") for i in range(total)]
-    }
+    indexed = {i.decode() for i in await redis.zrange(keys.DEAD_LETTERS, 0, -1)}
+    entries = {i for i in every if await redis.exists(keys.dead_letter(i))}
+    assert left == indexed == entries, "an entry and its index move together"
     assert 0 < len(left) < total, "the kill should land mid-way"
-    assert left.isdisjoint(queued)
-    assert left | queued == {f"m_{i:05}" for i in range(total)}
-    assert states == {"dead", "queued"}
+    moved = every - left
+    if command[0] == "purge":
+        for message_id in moved:
+            history = await redis.lrange(keys.message_history(message_id), 0, -1)
+            assert json.loads(history[-1])["detail"].startswith("purged"), message_id
+    else:
+        queued = {i.decode() for i in await redis.zrange(keys.DEFAULT_QUEUE, 0, -1)}
+        assert queued == moved
+        kinds = {
+            json.loads(await redis.hget(keys.message(i), "request") or "{}")["message"]["type"]
+            for i in moved
+        }
+        assert kinds == ({"template"} if command[0] == "requeue-template" else {"text"})
+    states = {(await redis.hget(keys.message(i), "state") or b"").decode() for i in every}
+    assert states == ({"dead"} if command[0] == "purge" else {"dead", "queued"})
     stats = await store.stats()
     assert stats.total == len(left) == sum(stats.by_code.values())
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from redis.asyncio import Redis
 from typer.testing import CliRunner
@@ -86,3 +92,19 @@ def test_cli_refusal_is_one_line(redis_url: str) -> None:
     assert result.exit_code == 2
     assert "is not a waq sandbox" in result.output
     assert "Traceback" not in result.output
+
+
+def test_embedded_loadtest_through_the_cli(tmp_path: Path) -> None:
+    """The documented command as a process: it starts everything itself, every message ends
+    read, and the JSON report says so."""
+    result = subprocess.run(
+        [sys.executable, "-m", "waq", "loadtest", "--embedded", "-n", "200", "--recipients",
+         "20", "--mps", "200", "--json", "--timeout", "90"],
+        capture_output=True, timeout=150, check=False, cwd=tmp_path,
+        env={**os.environ, "WAQ_LOG_LEVEL": "WARNING"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    report = json.loads(result.stdout)
+    assert report["messages"] == 200
+    assert report["unfinished"] == 0
+    assert report["states"] == {"read": 200}
