@@ -81,7 +81,9 @@ class GatewayState:
     @classmethod
     def connect(cls, config: GatewayConfig) -> GatewayState:
         """Open the Redis pool (arq's client, so the health job's result can be awaited)."""
-        pool = ConnectionPool.from_url(config.redis_url, **reconnecting())
+        # ~7 s of retries (6 attempts, 0.2 s doubling to 2 s) ride out a Redis restart; past
+        # that a caller gets 503 + Retry-After, sooner than an HTTP client's own timeout.
+        pool = ConnectionPool.from_url(config.redis_url, **reconnecting(attempts=6))
         redis = ArqRedis(
             connection_pool=pool,
             job_serializer=json_serializer,

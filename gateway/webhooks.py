@@ -248,7 +248,7 @@ class WebhookProcessor:
 
         async def apply(pipe: Pipeline) -> None:
             if rule.action is Action.PAUSE:
-                PauseStore.pause_into(
+                self.pauses.pause_into(
                     pipe, phone_number_id, reason=rule.hint, code=code, by="worker"
                 )
             await self.dead_letters.add(letter, pipe=pipe)
