@@ -42,6 +42,21 @@ _STATUS_STATES: Final = {
 }
 
 
+_DELIVERED: Final = (MessageState.DELIVERED, MessageState.READ)
+
+
+def _timestamp(item: dict[str, Any]) -> float | None:
+    """Meta's timestamp of a webhook item, never later than now.
+
+    A clock far ahead, or a forged value, must not outrank every real event.
+    """
+    try:
+        at = float(item.get("timestamp") or 0)
+    except (TypeError, ValueError):
+        return None
+    return min(at, time.time()) if at > 0 else None
+
+
 def verify_signature(body: bytes, header: str | None, app_secret: str) -> bool:
     """``X-Hub-Signature-256`` against the raw body, in constant time."""
     if not header or not header.startswith("sha256="):
@@ -58,6 +73,7 @@ class WebhookResult:
     statuses: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    stale: int = 0
     unknown: int = 0
 
 
@@ -195,10 +211,12 @@ class WebhookProcessor:
         if state is None:
             result.unknown += 1
             return
-        at = float(status.get("timestamp") or 0) or None
+        at = _timestamp(status)
 
         async def apply(pipe: Pipeline) -> None:
             await self.statuses.record(message_id, state, wamid=wamid, at=at, pipe=pipe)
+            if at is not None:  # the number works: older failure reports cannot pause it
+                await self.pauses.note_success_into(pipe, phone_number_id, at)
 
         if await self._apply_once("status", item_id, apply) is None:
             result.duplicates += 1
@@ -246,18 +264,30 @@ class WebhookProcessor:
             dead_at=time.time(),
         )
 
-        async def apply(pipe: Pipeline) -> None:
-            if rule.action is Action.PAUSE:
-                self.pauses.pause_into(
-                    pipe, phone_number_id, reason=rule.hint, code=code, by="worker"
-                )
-            await self.dead_letters.add(letter, pipe=pipe)
+        failed_at = _timestamp(status) or time.time()
+        pauses = rule.action is Action.PAUSE
 
-        if await self._apply_once("status", item_id, apply) is None:
+        async def apply(pipe: Pipeline) -> None:
+            # Forward-only, like every status: a message Meta delivered or that was read is
+            # never dead afterwards, and such a stale report pauses nothing.
+            if pauses:
+                await self.pauses.pause_if_newer_into(
+                    pipe, phone_number_id, failed_at=failed_at, reason=rule.hint, code=code,
+                    message_id=message_id, stale_if=_DELIVERED,
+                )  # fmt: skip
+            await self.dead_letters.add(letter, unless=_DELIVERED, pipe=pipe)
+
+        answers = await self._apply_once("status", item_id, apply)
+        if answers is None:
             result.duplicates += 1
             return
-        if rule.action is Action.PAUSE:
+        paused, added = (answers[0], answers[1]) if pauses else (None, answers[0])
+        if paused == 1:
             log.error("alert.number_paused", reason=rule.hint, code=code, source="webhook")
+        if not added:
+            result.stale += 1
+            log.info("webhook.stale_failure", message_id=message_id, code=code, state=current.state)
+            return
         result.dead_letters += 1
         log.warning(
             "webhook.failed", message_id=message_id, code=code, suggestion=rule.suggestion.value

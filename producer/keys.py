@@ -15,6 +15,7 @@ __all__ = [
     "INBOUND_STREAM",
     "PAUSED_NUMBERS",
     "SENDERS",
+    "SENDER_LAST_SUCCESS",
     "WEBHOOK_SEEN",
     "conversation",
     "dead_letter",
@@ -37,6 +38,10 @@ PAUSED_NUMBERS: Final = "waq:paused"
 SENDERS: Final = "waq:senders"
 """set, every phone_number_id a producer ever enqueued from; no TTL: how operators' commands
 tell a number waq knows from a typo."""
+
+SENDER_LAST_SUCCESS: Final = "waq:senders:last_success"
+"""hash, phone_number_id -> Meta's timestamp (unix s) of the newest sent/delivered/read status;
+no TTL: a failure report older than it cannot pause the number."""
 
 DEAD_LETTERS: Final = "waq:dlq"
 """zset, message id scored by the time it died (unix s); no TTL: ops drain it."""

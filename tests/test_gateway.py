@@ -26,6 +26,7 @@ from sandbox import (
 from tests.conftest import API_KEY, APP_SECRET, VERIFY_TOKEN
 from tests.support import run_burst_worker
 from worker.delivery import DeliveryConfig
+from worker.pauses import PauseStore
 from worker.windows import WindowStore
 
 PNID = DEFAULT_PHONE_NUMBER_ID
@@ -608,3 +609,75 @@ async def test_redis_down_is_a_503_with_retry_after(sandbox_server: SandboxServe
                 assert accepted.status_code == 202, accepted.text
     finally:
         valkey.stop()
+
+
+def failed_payload(wamid: str, code: int, *, age_s: float = 0) -> dict[str, Any]:
+    """Meta's `failed` status with one error, ``age_s`` seconds old."""
+    payload = status_payload(wamid, "failed")
+    item = payload["entry"][0]["changes"][0]["value"]["statuses"][0]
+    item["timestamp"] = str(int(time.time() - age_s))
+    item["errors"] = [{"code": code, "title": "Business Account locked"}]
+    return payload
+
+
+async def sent_by_the_worker(
+    api: httpx.AsyncClient, redis_url: str, sandbox_url: str, idempotency_key: str
+) -> tuple[str, str]:
+    """A text through the gateway and a burst worker: its id and wamid."""
+    body = {"to": CUSTOMER, "message": TEXT, "idempotency_key": idempotency_key}
+    message_id = (await api.post("/v1/messages", json=body)).json()["id"]
+    await run_burst_worker(redis_url, sandbox_url)
+    return message_id, (await api.get(f"/v1/messages/{message_id}")).json()["wamid"]
+
+
+async def test_a_stale_failure_never_kills_a_read_message_nor_pauses_its_number(
+    api: httpx.AsyncClient, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient,
+    redis: Redis,
+) -> None:  # fmt: skip
+    """A correctly signed `failed` (131031, a pause code) a week old, for a message already
+    read: the message stays read, no dead letter is made, the number is not paused."""
+    await sandbox.set_webhook_url(None)  # this test posts the statuses itself
+    await sandbox.inbound(CUSTOMER)
+    await customer_writes_direct(api)
+    message_id, wamid = await sent_by_the_worker(api, redis_url, sandbox_server.url, "read-one")
+    for state in ("sent", "delivered", "read"):
+        raw, headers = signed(status_payload(wamid, state))
+        assert (await api.post("/webhooks/whatsapp", content=raw, headers=headers)).json()[
+            "statuses"
+        ] == 1
+    raw, headers = signed(failed_payload(wamid, 131031, age_s=7 * 24 * 3600))
+    answer = (await api.post("/webhooks/whatsapp", content=raw, headers=headers)).json()
+    assert (answer["stale"], answer["dead_letters"]) == (1, 0)
+    assert (await api.get(f"/v1/messages/{message_id}")).json()["state"] == "read"
+    assert await redis.zcard(keys.DEAD_LETTERS) == 0
+    assert await PauseStore(redis).get(PNID) is None
+
+
+async def test_a_failure_pauses_the_number_only_if_newer_than_its_last_success(
+    api: httpx.AsyncClient, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient,
+    redis: Redis,
+) -> None:  # fmt: skip
+    """Message A is read now; B, accepted, fails with 131031 reported an hour ago: B is dead
+    (Meta never delivered it) but the number, which delivered A since, is not paused. A fresh
+    131031 for C pauses it."""
+    await sandbox.set_webhook_url(None)
+    await sandbox.inbound(CUSTOMER)
+    await customer_writes_direct(api)
+    _, wamid_a = await sent_by_the_worker(api, redis_url, sandbox_server.url, "a")
+    raw, headers = signed(status_payload(wamid_a, "read"))
+    await api.post("/webhooks/whatsapp", content=raw, headers=headers)
+    b, wamid_b = await sent_by_the_worker(api, redis_url, sandbox_server.url, "b")
+    raw, headers = signed(failed_payload(wamid_b, 131031, age_s=3600))
+    answer = (await api.post("/webhooks/whatsapp", content=raw, headers=headers)).json()
+    assert answer["dead_letters"] == 1
+    assert (await api.get(f"/v1/messages/{b}")).json()["state"] == "dead"
+    assert await PauseStore(redis).get(PNID) is None
+    c, wamid_c = await sent_by_the_worker(api, redis_url, sandbox_server.url, "c")
+    raw, headers = signed(failed_payload(wamid_c, 131031))
+    assert (await api.post("/webhooks/whatsapp", content=raw, headers=headers)).json()[
+        "dead_letters"
+    ] == 1
+    pause = await PauseStore(redis).get(PNID)
+    assert pause is not None
+    assert pause.code == 131031
+    assert (await api.get(f"/v1/messages/{c}")).json()["state"] == "dead"

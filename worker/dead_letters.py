@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -65,20 +65,25 @@ end
 """
 
 # KEYS: entry, index zset, counts, status hash, history.
-# ARGV: id, entry JSON, dead_at, event, retention s, status fields (flat pairs)...
+# ARGV: id, entry JSON, dead_at, event, retention s, states that keep the message alive
+# (",delivered,read," or ","), status fields (flat pairs)... Returns 1 added, 0 refused
+# because the message is already in one of those states (a stale failure).
 _ADD: Final = (
     _COUNT
     + """
+local current = redis.call('HGET', KEYS[4], 'state')
+if current and string.find(ARGV[6], ',' .. current .. ',', 1, true) then return 0 end
 local old = redis.call('GET', KEYS[1])
 if old then count(KEYS[3], old, -1) end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 count(KEYS[3], ARGV[2], 1)
-redis.call('HSET', KEYS[4], unpack(ARGV, 6))
+redis.call('HSET', KEYS[4], unpack(ARGV, 7))
 redis.call('HDEL', KEYS[4], 'next_attempt_at')
 redis.call('RPUSH', KEYS[5], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('EXPIRE', KEYS[5], ARGV[5])
+return 1
 """
 )
 
@@ -268,11 +273,18 @@ class DeadLetterStore:
         self._purge = redis.register_script(_PURGE)
 
     async def add(
-        self, letter: DeadLetter, *, attempts: int | None = None, pipe: Pipeline | None = None
-    ) -> None:
+        self,
+        letter: DeadLetter,
+        *,
+        attempts: int | None = None,
+        unless: Iterable[MessageState] = (),
+        pipe: Pipeline | None = None,
+    ) -> bool:
         """Store the entry and mark the message dead, atomically (with its attempt count).
 
-        On a caller's ``pipe`` (a webhook's transaction) the step is only queued.
+        A message already in a state of ``unless`` is left alone (False): Meta's failure
+        reports arrive late, and one about a message it since delivered is stale. On a
+        caller's ``pipe`` (a webhook's transaction) the step is only queued.
         """
         now = time.time()
         event = StatusEvent(at=now, state=MessageState.DEAD, detail=letter.hint, error=letter.error)
@@ -284,7 +296,7 @@ class DeadLetterStore:
         }
         if attempts is not None:
             fields["attempts"] = str(attempts)
-        await self._add(
+        added = await self._add(
             keys=[
                 keys.dead_letter(letter.id),
                 keys.DEAD_LETTERS,
@@ -298,10 +310,12 @@ class DeadLetterStore:
                 letter.dead_at,
                 event.model_dump_json(exclude_none=True),
                 self.statuses.retention_s,
+                "," + "".join(f"{state.value}," for state in unless),
                 *(item for pair in fields.items() for item in pair),
             ],
             client=pipe,
         )
+        return bool(added == 1)  # on a pipe, the answer (1 or 0) comes from the pipeline
 
     async def get(self, message_id: str) -> DeadLetter | None:
         """One entry, or None."""

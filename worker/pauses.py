@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import asdict, dataclass
+from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -24,11 +26,33 @@ class Pause:
     by: str = "worker"
 
 
+# KEYS: paused hash, last-success hash, the failed message's status hash.
+# ARGV: phone_number_id, failure time, pause JSON, the message's states that make it stale.
+# Returns 1 paused, 0 already paused, -1 refused: the number sent successfully since, or
+# the failed message itself was delivered.
+_PAUSE_IF_NEWER: Final = """
+local ok = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) < ok then return -1 end
+local state = redis.call('HGET', KEYS[3], 'state')
+if state and string.find(ARGV[4], ',' .. state .. ',', 1, true) then return -1 end
+return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3])
+"""
+
+# KEYS: last-success hash. ARGV: phone_number_id, time. Moves forward only.
+_NOTE_SUCCESS: Final = """
+local ok = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > ok then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+
+
 class PauseStore:
     """One hash of paused numbers, shared by every worker and operator."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._pause_if_newer = redis.register_script(_PAUSE_IF_NEWER)
+        self._note_success = redis.register_script(_NOTE_SUCCESS)
 
     async def pause(
         self, phone_number_id: str, *, reason: str, code: int | None, by: str = "worker"
@@ -37,13 +61,39 @@ class PauseStore:
         value = self._value(reason=reason, code=code, by=by)
         return bool(await self.redis.hsetnx(keys.PAUSED_NUMBERS, phone_number_id, value))  # type: ignore[misc]
 
-    @classmethod
-    def pause_into(
-        cls, pipe: Pipeline, phone_number_id: str, *, reason: str, code: int | None, by: str
-    ) -> None:
-        """Queue ``pause`` on a caller's pipeline (its answer: 1 when it was not paused)."""
-        pipe.hsetnx(
-            keys.PAUSED_NUMBERS, phone_number_id, cls._value(reason=reason, code=code, by=by)
+    def pause_if_newer_into(
+        self,
+        pipe: Pipeline,
+        phone_number_id: str,
+        *,
+        failed_at: float,
+        reason: str,
+        code: int | None,
+        message_id: str,
+        stale_if: Iterable[str],
+    ) -> Awaitable[Any]:
+        """Queue a pause unless the report is stale.
+
+        Stale: the failure predates the number's newest success, or the failed message is in
+        a ``stale_if`` state (Meta delivered it after all). Meta reports failures late (a
+        webhook retried for days, a replay), and an old one says nothing about the number
+        now. Its answer: 1 paused, 0 already paused, -1 stale.
+        """
+        return self._pause_if_newer(
+            keys=[keys.PAUSED_NUMBERS, keys.SENDER_LAST_SUCCESS, keys.message(message_id)],
+            args=[
+                phone_number_id,
+                failed_at,
+                self._value(reason=reason, code=code, by="worker"),
+                "," + "".join(f"{state}," for state in stale_if),
+            ],
+            client=pipe,
+        )
+
+    def note_success_into(self, pipe: Pipeline, phone_number_id: str, at: float) -> Awaitable[Any]:
+        """Queue: Meta reported a message of this number sent, delivered or read at ``at``."""
+        return self._note_success(
+            keys=[keys.SENDER_LAST_SUCCESS], args=[phone_number_id, at], client=pipe
         )
 
     @staticmethod
