@@ -5,18 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Body, Depends, Header, Query
-from pydantic import BaseModel, Field, ValidationError
+from fastapi import APIRouter, Depends, Header, Query
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.conversations import Conversation, conversation_id_for
 from gateway.errors import ApiError, Conflict, NotFound
 from gateway.health import HealthReport, run_health_check
 from gateway.kapso import is_kapso_message, kapso_to_meta
 from gateway.state import GatewayState, gateway_state, require_api_key
-from producer.errors import FieldError, InvalidRequest
+from producer import limits
+from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest
 from producer.messages import Message
 from producer.recipient import normalize_recipient, wa_id_of
-from producer.request import SendRequest
+from producer.request import MetadataKey, MetadataValue, SendRequest
 from producer.status import MessageStatus
 
 __all__ = ["router"]
@@ -29,14 +30,40 @@ IdempotencyKey = Annotated[
 ]
 
 
-class SendMessageIn(BaseModel):
+class _Strict(BaseModel):
+    """A request body that names an unknown field instead of ignoring it.
+
+    A typo such as ``idempotencykey`` would otherwise turn deduplication off in silence.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SendMessageIn(_Strict):
     """One message to send; the sender defaults to WAQ_DEFAULT_PHONE_NUMBER_ID."""
 
     phone_number_id: str | None = None
     to: str = Field(description="Recipient with country code, e.g. +16505551234.")
     message: Message = Field(description="A message in Meta's shape: {type, <type>: {...}}.")
-    idempotency_key: str | None = None
-    metadata: dict[str, str] = {}
+    idempotency_key: str | None = Field(default=None, max_length=limits.IDEMPOTENCY_KEY_MAX_CHARS)
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=limits.METADATA_MAX_KEYS
+    )
+
+
+class ConversationMessageIn(_Strict):
+    """A message into a conversation: Meta's shape, or Kapso's legacy body."""
+
+    message: dict[str, Any] | None = Field(
+        default=None, description="Meta-shaped ({type, <type>}) or Kapso's legacy body."
+    )
+    whatsapp_message: dict[str, Any] | None = Field(
+        default=None, description="Kapso's other name for `message`."
+    )
+    idempotency_key: str | None = Field(default=None, max_length=limits.IDEMPOTENCY_KEY_MAX_CHARS)
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=limits.METADATA_MAX_KEYS
+    )
 
 
 class Accepted(BaseModel):
@@ -48,7 +75,7 @@ class Accepted(BaseModel):
     created: bool
 
 
-class BatchIn(BaseModel):
+class BatchIn(_Strict):
     """Many messages; each is answered on its own."""
 
     messages: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
@@ -71,7 +98,7 @@ class BatchOut(BaseModel):
     results: list[BatchItem]
 
 
-class HealthCheckIn(BaseModel):
+class HealthCheckIn(_Strict):
     """Which number to check, and optionally where to send a test message."""
 
     phone_number_id: str | None = None
@@ -79,7 +106,7 @@ class HealthCheckIn(BaseModel):
     text: str | None = Field(default=None, max_length=4096)
 
 
-class SandboxInboundIn(BaseModel):
+class SandboxInboundIn(_Strict):
     """A simulated customer message (sandbox only)."""
 
     from_: str = Field(alias="from")
@@ -130,6 +157,16 @@ async def send_message(
     return await _enqueue(state, _request(data))
 
 
+def _item_error(exc: InvalidRequest) -> dict[str, Any]:
+    """A batch item's error, in the shape of a whole request's."""
+    return {
+        "error": exc.code,
+        "detail": exc.detail,
+        "field": exc.field,
+        "errors": [e.as_dict() for e in exc.errors],
+    }
+
+
 @router.post("/messages/batch", status_code=202, summary="Send many messages")
 async def send_batch(body: BatchIn, state: State) -> BatchOut:
     """Queue each valid item; an invalid item is answered with its error and sinks nothing else."""
@@ -140,18 +177,17 @@ async def send_batch(body: BatchIn, state: State) -> BatchOut:
             data = {**item, "phone_number_id": _sender(state, item.get("phone_number_id"))}
             valid.append((index, _request(data)))
         except InvalidRequest as exc:
-            error = {"error": exc.code, "detail": exc.detail, "field": exc.field,
-                     "errors": [e.as_dict() for e in exc.errors]}  # fmt: skip
-            results.append(BatchItem(index=index, error=error))
+            results.append(BatchItem(index=index, error=_item_error(exc)))
     enqueued = await state.producer.enqueue_many([request for _, request in valid]) if valid else []
-    results += [
-        BatchItem(index=index, id=e.message_id, status=e.state.value)
-        for (index, _), e in zip(valid, enqueued, strict=True)
-    ]
+    for (index, request), e in zip(valid, enqueued, strict=True):
+        if e.key_reused:
+            reused = IdempotencyKeyReused(str(request.idempotency_key), e.message_id)
+            results.append(BatchItem(index=index, error=_item_error(reused)))
+        else:
+            results.append(BatchItem(index=index, id=e.message_id, status=e.state.value))
     results.sort(key=lambda item: item.index)
-    return BatchOut(
-        accepted=len(enqueued), rejected=len(body.messages) - len(enqueued), results=results
-    )
+    accepted = sum(1 for item in results if item.error is None)
+    return BatchOut(accepted=accepted, rejected=len(body.messages) - accepted, results=results)
 
 
 @router.post(
@@ -160,9 +196,7 @@ async def send_batch(body: BatchIn, state: State) -> BatchOut:
 async def send_to_conversation(
     conversation_id: str,
     state: State,
-    body: Annotated[
-        dict[str, Any], Body(description='{"message": Meta-shaped or Kapso legacy body}')
-    ],
+    body: ConversationMessageIn,
     idempotency_key: IdempotencyKey = None,
 ) -> Accepted:
     """Send to the customer of a conversation; free-form only while the window is open."""
@@ -172,8 +206,8 @@ async def send_to_conversation(
             "conversation not found: the customer must message you first",
             code="conversation_not_found",
         )
-    message = body.get("message", body.get("whatsapp_message"))
-    if not isinstance(message, dict):
+    message = body.message if body.message is not None else body.whatsapp_message
+    if message is None:
         raise InvalidRequest([FieldError("message", "missing", "give a message object")])
     if is_kapso_message(message):
         message = kapso_to_meta(message)
@@ -182,8 +216,8 @@ async def send_to_conversation(
             "phone_number_id": conversation.phone_number_id,
             "to": conversation.customer,
             "message": message,
-            "idempotency_key": idempotency_key or body.get("idempotency_key"),
-            "metadata": {**(body.get("metadata") or {}), "conversation_id": conversation_id},
+            "idempotency_key": idempotency_key or body.idempotency_key,
+            "metadata": {**body.metadata, "conversation_id": conversation_id},
         }
     )
     if not request.message.is_template and not conversation.window.open:

@@ -20,7 +20,8 @@ from gateway.api import router
 from gateway.console import console_router
 from gateway.console_auth import LoginRequired
 from gateway.errors import ApiError, error_body, install_error_handlers
-from gateway.state import GatewayConfig, GatewayState, gateway_state
+from gateway.guard import RequestGuard
+from gateway.state import GatewayConfig, GatewayState, gateway_state, key_matches
 from gateway.webhooks import verify_signature
 from producer import keys
 
@@ -50,6 +51,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(
+        RequestGuard,
+        key_matches=lambda given: key_matches(given, config.api_keys + config.admin_keys),
+        max_body_bytes=config.max_body_bytes,
+    )
     app.include_router(router)
     app.include_router(console_router)
 

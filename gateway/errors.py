@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.guard import BodyTooLarge
 from producer.errors import FieldError, InvalidRequest, WaqError
 
 log = structlog.get_logger("waq.gateway")
@@ -136,6 +137,11 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("request.redis_error", path=request.url.path, error=str(exc))
         return await internal(request, exc)
 
+    async def too_large(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BodyTooLarge)
+        return JSONResponse(error_body("body_too_large", str(exc.detail)), status_code=413)
+
+    app.add_exception_handler(BodyTooLarge, too_large)
     app.add_exception_handler(Exception, internal)
     app.add_exception_handler(RedisError, redis_failed)
     app.add_exception_handler(RedisConnectionError, redis_down)

@@ -122,6 +122,8 @@ def _interactive(message: dict[str, Any]) -> dict[str, Any]:
         interactive["footer"] = {"text": message["footer_text"]}
     if kind == "button":
         buttons = message.get("buttons") or []
+        if not isinstance(buttons, list):
+            raise _refuse("buttons", "must be a list of {id, title} objects")
         interactive["action"] = {"buttons": [{"type": "reply", "reply": b} for b in buttons]}
     elif kind == "list":
         interactive["action"] = {

@@ -12,6 +12,7 @@ from redis.asyncio import ConnectionPool
 
 from gateway.conversations import ConversationStore
 from gateway.errors import Unauthorized
+from gateway.guard import DEFAULT_MAX_BODY_BYTES
 from gateway.metrics import QueueMetrics
 from gateway.webhooks import WebhookProcessor
 from producer import keys
@@ -21,7 +22,7 @@ from worker.dead_letters import DeadLetterStore
 from worker.pauses import PauseStore
 from worker.windows import WindowStore
 
-__all__ = ["GatewayConfig", "GatewayState", "gateway_state", "require_api_key"]
+__all__ = ["GatewayConfig", "GatewayState", "gateway_state", "key_matches", "require_api_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class GatewayConfig:
     graph_base_url: str = "https://graph.facebook.com"
     default_mps: float = 80.0
     health_timeout_s: float = 15.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 @dataclass(slots=True)
@@ -103,13 +105,13 @@ def gateway_state(request: Request) -> GatewayState:
     return state
 
 
-def _key_matches(given: str | None, keys_: tuple[str, ...]) -> bool:
-    # Compare against every key in constant time, so timing does not reveal a prefix.
+def key_matches(given: str | None, keys_: tuple[str, ...]) -> bool:
+    """Whether ``given`` is one of ``keys_``, compared in constant time (no prefix leaks)."""
     return given is not None and any(hmac.compare_digest(given.encode(), k.encode()) for k in keys_)
 
 
 def require_api_key(request: Request, x_api_key: str | None = Header(default=None)) -> None:
     """Refuse a request without a configured API key (admin keys are accepted too)."""
     config = gateway_state(request).config
-    if not _key_matches(x_api_key, config.api_keys + config.admin_keys):
+    if not key_matches(x_api_key, config.api_keys + config.admin_keys):
         raise Unauthorized("missing or unknown X-API-Key", code="unauthorized", field="X-API-Key")

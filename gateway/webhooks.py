@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,12 +44,46 @@ _STATUS_STATES: Final = {
 
 
 _DELIVERED: Final = (MessageState.DELIVERED, MessageState.READ)
+_ID: Final = re.compile(r"^[0-9]{1,32}$")
+_WA_ID: Final = re.compile(r"^[0-9]{6,20}$")  # a phone number's digits, as Meta sends `from`
+_MAX_ID_CHARS: Final = 512
+_MAX_MESSAGE_CHARS: Final = 64 * 1024  # an inbound message's JSON on the stream
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value: object) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _message_changes(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``value`` of every ``messages`` change; anything else is ignored."""
+    return [
+        _dict(change.get("value"))
+        for entry in _dicts(payload.get("entry"))
+        for change in _dicts(entry.get("changes"))
+        if change.get("field") == "messages"
+    ]
+
+
+def _text_or_none(value: object, max_chars: int = _MAX_ID_CHARS) -> str | None:
+    """A non-empty string Redis can store (valid UTF-8: no lone surrogate), or None."""
+    if not isinstance(value, str) or not value or len(value) > max_chars:
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def _timestamp(item: dict[str, Any]) -> float | None:
-    """Meta's timestamp of a webhook item, never later than now.
+    """Meta's timestamp of a webhook item, never later than now; None if not a number.
 
-    A clock far ahead, or a forged value, must not outrank every real event.
+    A clock far ahead, or a forged value, must not outrank every real event (nor open a
+    window for ten years).
     """
     try:
         at = float(item.get("timestamp") or 0)
@@ -100,22 +135,22 @@ class WebhookProcessor:
     async def handle(self, payload: dict[str, Any]) -> WebhookResult:
         """Apply every message and status in the payload; ignore fields waq does not use."""
         result = WebhookResult()
-        for entry in payload.get("entry") or []:
-            for change in entry.get("changes") or []:
-                value = change.get("value") or {}
-                if change.get("field") != "messages" or not isinstance(value, dict):
-                    continue
-                phone_number_id = str((value.get("metadata") or {}).get("phone_number_id", ""))
-                names = {
-                    c.get("wa_id"): (c.get("profile") or {}).get("name")
-                    for c in value.get("contacts") or []
-                }
-                for message in value.get("messages") or []:
-                    await self._inbound(
-                        phone_number_id, message, names.get(message.get("from")), result
-                    )
-                for status in value.get("statuses") or []:
-                    await self._status(phone_number_id, status, result)
+        for value in _message_changes(payload):
+            phone_number_id = str(_dict(value.get("metadata")).get("phone_number_id", ""))
+            if not _ID.match(phone_number_id):
+                continue
+            names = {
+                c.get("wa_id"): _text_or_none(_dict(c.get("profile")).get("name"))
+                for c in _dicts(value.get("contacts"))
+            }
+            # One malformed item is skipped and counted, never the whole delivery: a 5xx
+            # would make Meta redeliver it, good items included, until it gives up.
+            for message in _dicts(value.get("messages")):
+                await self._inbound(
+                    phone_number_id, message, names.get(message.get("from")), result
+                )
+            for status in _dicts(value.get("statuses")):
+                await self._status(phone_number_id, status, result)
         return result
 
     async def _apply_once(
@@ -157,12 +192,18 @@ class WebhookProcessor:
         profile_name: str | None,
         result: WebhookResult,
     ) -> None:
-        wa_id, message_id = message.get("from"), message.get("id")
-        if not wa_id or not message_id or not phone_number_id:
+        wa_id, message_id, at = message.get("from"), message.get("id"), _timestamp(message)
+        if not (
+            isinstance(wa_id, str)
+            and _WA_ID.match(wa_id)
+            and _text_or_none(message_id)
+            and at is not None
+            and _text_or_none(json.dumps(message, ensure_ascii=False), _MAX_MESSAGE_CHARS)
+        ):
             result.unknown += 1
+            log.warning("webhook.malformed", kind="message", id=_text_or_none(message_id))
             return
-        at = float(message.get("timestamp") or 0)
-        conversation_id = conversation_id_for(phone_number_id, str(wa_id))
+        conversation_id = conversation_id_for(phone_number_id, wa_id)
 
         async def apply(pipe: Pipeline) -> None:
             await self.windows.record_inbound_into(pipe, phone_number_id, str(wa_id), at)
@@ -190,9 +231,10 @@ class WebhookProcessor:
     async def _status(
         self, phone_number_id: str, status: dict[str, Any], result: WebhookResult
     ) -> None:
-        wamid, state_name = status.get("id"), status.get("status")
+        wamid, state_name = _text_or_none(status.get("id")), _text_or_none(status.get("status"))
         if not wamid or not state_name:
             result.unknown += 1
+            log.warning("webhook.malformed", kind="status", id=wamid)
             return
         message_id = status.get(
             "biz_opaque_callback_data"

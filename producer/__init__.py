@@ -4,7 +4,7 @@ Services depend on this package alone; it imports nothing else of waq's.
 """
 
 from producer.client import SEND_FUNCTION, Enqueued, Producer, message_id_for
-from producer.errors import FieldError, InvalidRequest, WaqError
+from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest, WaqError
 from producer.interactive import (
     ButtonInteractive,
     CtaUrlInteractive,
@@ -52,6 +52,7 @@ __all__ = [
     "DocumentMessage",
     "Enqueued",
     "FieldError",
+    "IdempotencyKeyReused",
     "Image",
     "ImageMessage",
     "Interactive",

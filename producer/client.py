@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import keys
-from producer.errors import FieldError, InvalidRequest
+from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest
 from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
@@ -31,7 +31,8 @@ SEND_FUNCTION: Final = "send_message"
 
 # Creates the status record and the arq job together, appends the message to its
 # conversation's order list and notes its sender number (keys.SENDERS), or does nothing
-# when the message id already has a record (an idempotent repeat). A message behind
+# when the message id already has a record (an idempotent repeat; '!state' when the record
+# was made by a different request under the same key). A message behind
 # another in its conversation is scheduled ``order_wait_s`` out: the one before wakes it
 # when it is final (worker.ordering), so queued conversations cost no polling, and the
 # delay is only a safety net.
@@ -40,8 +41,12 @@ SEND_FUNCTION: Final = "send_message"
 # the job it writes is arq's own format (serialize_job), so arq's worker runs it unchanged.
 _ENQUEUE: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state then return state end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+if state then
+  local first = redis.call('HGET', KEYS[1], 'request_hash')
+  if first and first ~= ARGV[9] then return '!' .. state end
+  return state
+end
+redis.call('HSET', KEYS[1], 'request_hash', ARGV[9], unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('RPUSH', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -62,6 +67,9 @@ class Enqueued:
     message_id: str
     created: bool
     state: MessageState
+    key_reused: bool = False
+    """The idempotency key names an earlier, different request (``message_id``); nothing
+    was enqueued."""
 
 
 def reconnecting(*, attempts: int = 20) -> dict[str, Any]:
@@ -99,6 +107,12 @@ def job_payload(message_id: str, request: SendRequest | dict[str, Any]) -> bytes
     )
 
 
+def _fingerprint(payload: dict[str, Any]) -> str:
+    """A request's identity for idempotency: the same request always hashes the same."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 def json_serializer(data: dict[str, Any]) -> bytes:
     """arq's job and result serializer: JSON, readable by any service and by operators."""
     return json.dumps(data, separators=(",", ":"), default=str).encode()
@@ -132,8 +146,19 @@ class Producer:
         return cls(Redis.from_url(redis_url, **reconnecting()), owns_redis=True, **kwargs)
 
     async def enqueue(self, request: SendRequest | Mapping[str, Any]) -> Enqueued:
-        """Validate and enqueue one message; a repeated idempotency key enqueues nothing."""
+        """Validate and enqueue one message; a repeated idempotency key enqueues nothing.
+
+        Raises ``InvalidRequest``, or ``IdempotencyKeyReused`` when the key was used for a
+        different request.
+        """
         [result] = await self.enqueue_many([request])
+        if result.key_reused:
+            key = (
+                request.idempotency_key
+                if isinstance(request, SendRequest)
+                else str(request.get("idempotency_key"))
+            )
+            raise IdempotencyKeyReused(str(key), result.message_id)
         return result
 
     async def enqueue_many(
@@ -141,7 +166,9 @@ class Producer:
     ) -> list[Enqueued]:
         """Validate all, then enqueue all in one round trip; one invalid request enqueues none.
 
-        ``InvalidRequest`` names each bad field with the request's index: ``[3].to``.
+        ``InvalidRequest`` names each bad field with the request's index: ``[3].to``. A
+        request whose idempotency key was used for a different request is not enqueued: its
+        answer says ``key_reused`` (and names the first message).
         """
         valid = _validate_all(list(requests))
         now_ms = int(time.time() * 1000)
@@ -172,17 +199,24 @@ class Producer:
                         message_id,
                         int(self.order_wait_s * 1000),
                         request.phone_number_id,
+                        _fingerprint(payload),
                         *flat,
                     ],
                     client=pipe,
                 )
             answers = await pipe.execute()
-        return [
-            Enqueued(
-                message_id, created=answer is None, state=MessageState(_text(answer or b"queued"))
+        results = []
+        for message_id, answer in zip(ids, answers, strict=True):
+            state = _text(answer or b"queued")
+            results.append(
+                Enqueued(
+                    message_id,
+                    created=answer is None,
+                    state=MessageState(state.removeprefix("!")),
+                    key_reused=state.startswith("!"),
+                )
             )
-            for message_id, answer in zip(ids, answers, strict=True)
-        ]
+        return results
 
     async def status(self, message_id: str) -> MessageStatus | None:
         """A message's state and history; None when unknown or past retention."""

@@ -5,6 +5,7 @@ renders them as ``{"error": code, "detail": ..., "field": ...}``) never parse me
 
     WaqError                         code: str
     ├── InvalidRequest               a send request broke a contract rule (lists every field)
+    │   └── IdempotencyKeyReused     the key names an earlier, different request
     └── (worker.errors)              delivery errors live beside the code that raises them:
         ├── GraphError               Meta answered with an error body
         └── GraphTransportError      no answer: timeout, dropped connection, refused
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pydantic
 
-__all__ = ["FieldError", "InvalidRequest", "WaqError"]
+__all__ = ["FieldError", "IdempotencyKeyReused", "InvalidRequest", "WaqError"]
 
 
 class WaqError(Exception):
@@ -76,6 +77,30 @@ class InvalidRequest(WaqError):
             field = ".".join(p for p in (prefix, path) if p)
             errors.append(FieldError(field=field or "(root)", rule=err["type"], message=err["msg"]))
         return cls(errors)
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    """An idempotency key already used for a different request; nothing was enqueued.
+
+    As Stripe does: a retry must repeat the request it retries, or a typo in a retried body
+    would be silently dropped in favour of the first one.
+    """
+
+    code = "idempotency_key_reused"
+
+    def __init__(self, idempotency_key: str, message_id: str) -> None:
+        self.idempotency_key = idempotency_key
+        self.message_id = message_id
+        super().__init__(
+            [
+                FieldError(
+                    field="idempotency_key",
+                    rule="reused",
+                    message=f"{idempotency_key!r} was used for a different request "
+                    f"({message_id}); use a new key, or repeat that request exactly",
+                )
+            ]
+        )
 
 
 def _is_union_tag(part: str | int) -> bool:

@@ -11,6 +11,13 @@ CAPTION_MAX_CHARS: Final = 1024
 FILENAME_MAX_CHARS: Final = 240
 CALLBACK_DATA_MAX_CHARS: Final = 512
 
+# The caller's own fields, capped like Stripe's metadata so a request stays small in Redis
+# (it is kept with the status for the retention period, and in any dead letter).
+IDEMPOTENCY_KEY_MAX_CHARS: Final = 255
+METADATA_MAX_KEYS: Final = 50
+METADATA_KEY_MAX_CHARS: Final = 40
+METADATA_VALUE_MAX_CHARS: Final = 500
+
 MB: Final = 1024 * 1024
 KB: Final = 1024
 

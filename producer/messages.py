@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import emoji
 from pydantic import (
     AfterValidator,
     Field,
@@ -77,6 +78,16 @@ class Text(ContractModel):
 
     preview_url: bool | None = None
     body: str = Field(min_length=1, max_length=limits.TEXT_BODY_MAX_CHARS)
+
+    @field_validator("body")
+    @classmethod
+    def _something_to_read(cls, body: str) -> str:
+        # Meta refuses (or the customer sees) an empty bubble; NULs are never text.
+        if "\x00" in body:
+            raise PydanticCustomError("text_nul", "body must not contain NUL characters")
+        if not body.strip():
+            raise PydanticCustomError("text_blank", "body must contain something besides spaces")
+        return body
 
 
 class TextMessage(_Message):
@@ -214,7 +225,7 @@ class Contact(ContractModel):
     addresses: list[ContactAddress] | None = None
     org: ContactOrg | None = None
     urls: list[ContactUrl] | None = None
-    birthday: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    birthday: str | None = Field(default=None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 class ContactsMessage(_Message):
@@ -239,10 +250,12 @@ class Reaction(ContractModel):
 
     @field_validator("emoji")
     @classmethod
-    def _one_emoji_or_empty(cls, emoji: str) -> str:
-        if len(emoji) > 16:  # one emoji may be several code points (ZWJ sequences, skin tones)
+    def _one_emoji_or_empty(cls, value: str) -> str:
+        # The emoji package knows Unicode's emoji list, ZWJ sequences, skin tones and flags;
+        # a length check let "hello" through.
+        if value and not emoji.is_emoji(value):
             raise PydanticCustomError("emoji", "emoji must be a single emoji, or empty to remove")
-        return emoji
+        return value
 
 
 class ReactionMessage(_Message):

@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = ["normalize_recipient", "wa_id_of"]
 
-_ALLOWED = re.compile(r"^\+?[\d\s().\-]+$")
+_ALLOWED = re.compile(r"^\+?[0-9\s().\-]+$")  # ASCII digits: \d takes any script's
 
 
 def normalize_recipient(raw: str) -> str:
@@ -25,7 +25,7 @@ def normalize_recipient(raw: str) -> str:
         raise PydanticCustomError(
             "phone_number", "must be a phone number with country code, like +16505551234"
         )
-    digits = re.sub(r"\D", "", text)
+    digits = re.sub(r"[^0-9]", "", text)
     try:
         number = phonenumbers.parse("+" + digits)
     except phonenumbers.NumberParseException:

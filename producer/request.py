@@ -14,11 +14,18 @@ from producer.recipient import normalize_recipient, wa_id_of
 __all__ = ["SendRequest"]
 
 
+MetadataKey = Annotated[str, Field(min_length=1, max_length=limits.METADATA_KEY_MAX_CHARS)]
+MetadataValue = Annotated[str, Field(max_length=limits.METADATA_VALUE_MAX_CHARS)]
+
+
 class SendRequest(ContractModel):
     """What a producer enqueues; the worker turns it into exactly one Graph API call."""
 
     phone_number_id: str = Field(
-        pattern=r"^\d{1,32}$", description="The sending business number's Graph id."
+        # [0-9], not \d: Python's \d also takes Arabic-Indic and other digits, which would
+        # make one number look like several senders.
+        pattern=r"^[0-9]{1,32}$",
+        description="The sending business number's Graph id.",
     )
     to: Annotated[str, AfterValidator(normalize_recipient)] = Field(
         description="The recipient, normalised to E.164."
@@ -27,13 +34,16 @@ class SendRequest(ContractModel):
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
-        max_length=200,
-        description="Repeat a request with the same key and it is enqueued only once.",
+        max_length=limits.IDEMPOTENCY_KEY_MAX_CHARS,
+        description="Repeat a request with the same key and it is enqueued only once; the "
+        "same key with a different request is refused (idempotency_key_reused).",
     )
-    metadata: dict[str, str] = Field(
+    metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict,
-        max_length=32,
-        description="The caller's own tags, kept with the status and any dead letter.",
+        max_length=limits.METADATA_MAX_KEYS,
+        description=f"The caller's own tags, kept with the status and any dead letter: at "
+        f"most {limits.METADATA_MAX_KEYS} keys of {limits.METADATA_KEY_MAX_CHARS} characters, "
+        f"values of {limits.METADATA_VALUE_MAX_CHARS}.",
     )
 
     @property

@@ -279,7 +279,7 @@ def test_impossible_recipient_is_refused(raw: str) -> None:
         (
             {
                 "type": "reaction",
-                "reaction": {"message_id": "w", "emoji": "x"},
+                "reaction": {"message_id": "w", "emoji": "\U0001f600"},
                 "context": {"message_id": "w"},
             },
             "message",

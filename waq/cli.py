@@ -269,6 +269,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         window_margin_s=settings.window_margin_s,
         graph_base_url=settings.graph_base_url,
         default_mps=settings.default_mps,
+        max_body_bytes=settings.max_body_bytes,
     )
 
 

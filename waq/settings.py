@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         default=50, ge=1, description="Sends one worker process runs at once (arq max_jobs)."
     )
     queue_name: str = Field(default="waq:queue", description="The arq queue of send jobs.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the gateway reads (413 past it); 8 MiB.",
+    )
     gateway_url: str = Field(
         default="http://127.0.0.1:8080",
         description="The gateway's base URL, for `waq loadtest --via gateway`.",
