@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.guard import BodyTooLarge
@@ -145,6 +146,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal)
     app.add_exception_handler(RedisError, redis_failed)
     app.add_exception_handler(RedisConnectionError, redis_down)
+    app.add_exception_handler(RedisTimeoutError, redis_down)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(InvalidRequest, invalid)
     app.add_exception_handler(RequestValidationError, validation)

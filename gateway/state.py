@@ -84,8 +84,12 @@ class GatewayState:
     def connect(cls, config: GatewayConfig) -> GatewayState:
         """Open the Redis pool (arq's client, so the health job's result can be awaited)."""
         # ~7 s of retries (6 attempts, 0.2 s doubling to 2 s) ride out a Redis restart; past
-        # that a caller gets 503 + Retry-After, sooner than an HTTP client's own timeout.
-        pool = ConnectionPool.from_url(config.redis_url, **reconnecting(attempts=6))
+        # that a caller gets 503 + Retry-After, sooner than an HTTP client's own timeout. A
+        # Redis that accepts connections but does not answer (frozen) is a 503 after 1 s.
+        pool = ConnectionPool.from_url(
+            config.redis_url,
+            **reconnecting(attempts=6, socket_timeout_s=1.0, retry_timeouts=False),
+        )
         redis = ArqRedis(
             connection_pool=pool,
             job_serializer=json_serializer,

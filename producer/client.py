@@ -72,16 +72,27 @@ class Enqueued:
     was enqueued."""
 
 
-def reconnecting(*, attempts: int = 20) -> dict[str, Any]:
-    """redis-py connection options that retry with backoff (0.1 s doubling, capped at 2 s).
+def reconnecting(
+    *, attempts: int = 20, socket_timeout_s: float = 5.0, retry_timeouts: bool = True
+) -> dict[str, Any]:
+    """redis-py connection options that retry with backoff (0.2 s doubling, capped at 2 s).
 
-    A Redis restart then costs callers a pause, not an error: about 30 s of retries
-    before one is raised. Every waq process builds its pool with these.
+    A Redis restart then costs callers a pause, not an error: with the default 20 attempts,
+    about 30 s of retries before one is raised. Every command times out after
+    ``socket_timeout_s``, so a frozen Redis (SIGSTOP, a stuck disk) is an error, not a hang;
+    ``retry_timeouts=False`` raises that error at once (the gateway answers 503 in a second
+    rather than retrying a server that is not answering). Every waq process builds its pool
+    with these.
     """
+    retry_on: list[type[Exception]] = [RedisConnectionError]
+    if retry_timeouts:
+        retry_on.append(RedisTimeoutError)
     return {
         "retry": RedisRetry(ExponentialBackoff(cap=2.0, base=0.1), attempts),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "retry_on_error": retry_on,
         "health_check_interval": 15,
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": min(socket_timeout_s, 2.0),
     }
 
 

@@ -34,7 +34,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def open_redis(settings: Settings) -> Redis:
     """A connection for one command (closed by the command)."""
-    redis: Redis = Redis.from_url(str(settings.redis_url))
+    redis: Redis = Redis.from_url(str(settings.redis_url), socket_timeout=30)  # never hang
     return redis
 
 

@@ -151,8 +151,8 @@ def demo() -> None:
     """Run the whole pipeline on embedded defaults (Valkey + sandbox + worker) and check a scene."""
     settings = Settings()
     _configure(settings, level="ERROR")
-    with redis_for(settings) as redis_url:
-        code = asyncio.run(run_demo(redis_url, say=typer.echo))
+    with redis_for(settings) as redis:
+        code = asyncio.run(run_demo(redis.url, say=typer.echo))
     raise typer.Exit(code)
 
 
@@ -239,9 +239,10 @@ def dev(
     )
     _configure(settings)
     with (
-        redis_for(settings) as redis_url,
+        redis_for(settings) as redis,
         SandboxServer(sandbox_config, port=sandbox_port) as fake_meta,
     ):
+        redis_url = redis.url
         settings = settings.model_copy(update={"graph_base_url": fake_meta.url})
         config = dataclasses.replace(gateway_config(settings), redis_url=redis_url)
         with BackgroundServer(create_app(config), port=port):
@@ -252,7 +253,7 @@ def dev(
                 f"try: curl -s -X POST {gateway_url}/v1/sandbox/inbound -H 'X-API-Key: dev-key' "
                 "-H 'Content-Type: application/json' -d '{\"from\": \"+16505551234\"}'"
             )
-            run_worker(_worker_config(settings, redis_url))
+            run_worker(_worker_config(settings, redis_url), redis_alive=redis.alive)
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:

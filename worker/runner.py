@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +20,7 @@ from arq.worker import Retry, Worker, func
 from pydantic import SecretStr
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import keys
 from producer.client import SEND_FUNCTION, json_serializer, reconnecting
@@ -83,6 +86,7 @@ class WorkerConfig:
     http_client: Literal["httpx", "aiohttp"] = "httpx"  # a transport above wins
     metrics: WorkerMetrics | None = None
     metrics_port: int | None = None  # serve /metrics here (run_worker); None: not served
+    redis_attempts: int = 20  # a command's tries through a Redis outage (run_worker: 8)
 
 
 async def send_message(ctx: dict[str, Any], *, message_id: str, request: dict[str, Any]) -> str:
@@ -151,23 +155,45 @@ def _probe_seconds(every_s: int) -> set[int]:
     return set(range(0, 60, every_s)) if every_s < 60 else {0}
 
 
-def run_worker(config: WorkerConfig, *, max_backoff_s: float = 5.0) -> None:
+def run_worker(
+    config: WorkerConfig,
+    *,
+    max_backoff_s: float = 5.0,
+    redis_alive: Callable[[], bool] | None = None,
+) -> None:
     """Run a worker until a signal stops it, starting it again whenever Redis goes away.
 
     redis-py retries commands, but not the connection a pool hands out, and arq's loop
     exits on that error. Rather than patch arq (in maintenance mode), the worker is simply
     rebuilt with backoff: its interrupted sends are in ``sending`` and get reconciled.
+
+    A SIGINT or SIGTERM always ends it, Redis up or down: arq's handler reports the signal
+    (``on_stop``) before its shutdown fails on the missing Redis, and no new worker is
+    built after it. ``redis_alive`` (``waq dev``: is its embedded Valkey still running?)
+    ends it with an error instead of waiting for a server that will not come back.
     """
     if config.metrics is None:
         config = dataclasses.replace(config, metrics=WorkerMetrics())
     if config.metrics_port is not None and config.metrics is not None:
         config.metrics.serve(config.metrics_port)
         log.info("worker.metrics", port=config.metrics_port)
+    # Shorter than a producer's retries: past them the worker is rebuilt below anyway, and
+    # a signalled worker's shutdown waits for them when Redis is gone.
+    config = dataclasses.replace(config, redis_attempts=min(config.redis_attempts, 8))
+    stop: list[signal.Signals] = []
     backoff_s = 0.5
     while True:
+        worker = create_worker(config)
+        worker.on_stop = stop.append
         try:
-            create_worker(config).run()
-        except RedisConnectionError as exc:
+            worker.run()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if stop:
+                log.warning("worker.stopped", signal=stop[0].name, redis="unreachable")
+                return
+            if redis_alive is not None and not redis_alive():
+                log.error("worker.redis_gone", error=str(exc))  # noqa: TRY400 - no traceback
+                raise SystemExit(1) from None
             log.warning("worker.redis_unreachable", error=str(exc), restart_in_s=backoff_s)
             time.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, max_backoff_s)
@@ -232,7 +258,9 @@ def create_worker(config: WorkerConfig) -> Worker:
         # them, and the worker, reading JSON, cannot run them.
         # (ArqRedis.from_url would hand these to the connection pool, not to arq.)
         redis_pool=ArqRedis(
-            ConnectionPool.from_url(config.redis_url, **reconnecting()),
+            ConnectionPool.from_url(
+                config.redis_url, **reconnecting(attempts=config.redis_attempts)
+            ),
             job_serializer=json_serializer,
             job_deserializer=json.loads,
             default_queue_name=config.queue_name,

