@@ -8,7 +8,7 @@ import httpx
 from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.conversations import Conversation, conversation_id_for
+from gateway.conversations import Conversation
 from gateway.errors import ApiError, Conflict, NotFound
 from gateway.health import HealthReport, run_health_check
 from gateway.kapso import is_kapso_message, kapso_to_meta
@@ -261,7 +261,7 @@ async def find_conversation(
     except ValueError as exc:
         raise InvalidRequest([FieldError("customer", "phone_number", str(exc))]) from None
     sender = _sender(state, phone_number_id)
-    conversation = await state.conversations.get(conversation_id_for(sender, wa_id))
+    conversation = await state.conversations.find(sender, wa_id)
     if conversation is None:
         raise NotFound(
             "conversation not found: the customer must message you first",
@@ -312,6 +312,6 @@ async def sandbox_inbound(body: SandboxInboundIn, state: State) -> dict[str, Any
     result: dict[str, Any] = response.json()
     message = result["message"]
     result["conversation_id"] = (
-        conversation_id_for(sender or "", message["from"]) if sender else None
+        await state.conversations.id_for(sender, message["from"]) if sender else None
     )
     return result

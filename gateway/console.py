@@ -24,9 +24,9 @@ from gateway.console_auth import (
     COOKIE,
     SESSION_S,
     ConsoleSession,
+    ConsoleSessions,
     LoginRequired,
-    issue_session,
-    read_session,
+    SignInThrottled,
 )
 from gateway.errors import ApiError
 from gateway.health import run_health_check
@@ -106,9 +106,11 @@ class TestMessageForm(BaseModel):
     text: str = "waq health check"
 
 
-def _session(request: Request) -> ConsoleSession:
+async def _session(request: Request) -> ConsoleSession:
     state = gateway_state(request)
-    session = read_session(request.cookies.get(COOKIE), state.config.admin_keys)
+    session = await ConsoleSessions(state.redis).read(
+        request.cookies.get(COOKIE), state.config.admin_keys
+    )
     if session is None:
         raise LoginRequired
     return session
@@ -162,13 +164,25 @@ async def login(
     admin_key: Annotated[str, Form()],
     next: Annotated[str, Form()] = "/console",
 ) -> Response:
+    sessions = ConsoleSessions(state.redis)
+    client = request.client.host if request.client else "unknown"
+    try:
+        await sessions.check_throttle(client)
+    except SignInThrottled as exc:
+        refused = page(
+            request, "login.html", None, status_code=429, enabled=bool(state.config.admin_keys),
+            next=_local(next), error=f"Too many failed sign-ins: wait {exc.retry_after_s} s.",
+        )  # fmt: skip
+        refused.headers["Retry-After"] = str(exc.retry_after_s)
+        return refused
     matching = [k for k in state.config.admin_keys if _same(admin_key, k)]
     if not matching:
+        await sessions.failed(client)
         return page(
             request, "login.html", None, status_code=401, enabled=bool(state.config.admin_keys),
             next=_local(next), error="That admin key is not one of WAQ_ADMIN_KEYS.",
         )  # fmt: skip
-    session = issue_session(matching[0])
+    session = await sessions.issue(matching[0])
     response = RedirectResponse(_local(next), status_code=303)
     response.set_cookie(
         COOKIE, session.token, max_age=SESSION_S, httponly=True, samesite="strict",
@@ -178,8 +192,9 @@ async def login(
 
 
 @console_router.post("/logout")
-async def logout(session: Session, csrf: Annotated[str, Form()]) -> Response:
+async def logout(state: State, session: Session, csrf: Annotated[str, Form()]) -> Response:
     check_csrf(session, csrf)
+    await ConsoleSessions(state.redis).revoke(session.token)  # the cookie is dead everywhere
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(COOKIE, path="/console")
     return response

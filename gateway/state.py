@@ -42,6 +42,7 @@ class GatewayConfig:
     default_mps: float = 80.0
     health_timeout_s: float = 15.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    conversation_key: str | None = None  # None: a random key kept in Redis per deployment
 
 
 @dataclass(slots=True)
@@ -64,7 +65,9 @@ class GatewayState:
         )
         self.statuses = self.producer.statuses
         self.windows = WindowStore(self.redis, margin_s=self.config.window_margin_s)
-        self.conversations = ConversationStore(self.redis, self.windows)
+        self.conversations = ConversationStore(
+            self.redis, self.windows, key=self.config.conversation_key
+        )
         self.dead_letters = DeadLetterStore(
             self.redis, self.statuses, queue_name=self.config.queue_name
         )

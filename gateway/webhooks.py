@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from gateway.conversations import ConversationStore, conversation_id_for
+from gateway.conversations import ConversationStore
 from producer import keys
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
@@ -203,12 +203,12 @@ class WebhookProcessor:
             result.unknown += 1
             log.warning("webhook.malformed", kind="message", id=_text_or_none(message_id))
             return
-        conversation_id = conversation_id_for(phone_number_id, wa_id)
+        conversation_id = await self.conversations.id_for(phone_number_id, wa_id)
 
         async def apply(pipe: Pipeline) -> None:
             await self.windows.record_inbound_into(pipe, phone_number_id, str(wa_id), at)
             self.conversations.touch_into(
-                pipe, phone_number_id, str(wa_id), profile_name=profile_name
+                pipe, conversation_id, phone_number_id, wa_id, profile_name=profile_name
             )
             pipe.xadd(
                 keys.INBOUND_STREAM,

@@ -17,8 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.async_api import Page, async_playwright
+from redis.asyncio import Redis
 
 from gateway import GatewayConfig, create_app
+from gateway.console_auth import COOKIE
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
 from tests.support import CUSTOMER, STRANGER, Pipeline
 
@@ -234,3 +236,56 @@ async def test_forms_without_the_session_token_are_refused(
     assert forged.status_code == 403
     assert forged.json()["error"] == "csrf_failed"
     assert await pipeline.dead_letters.count() == 1
+
+
+async def test_failed_sign_ins_are_throttled(
+    console_server: BackgroundServer, redis: Redis
+) -> None:
+    """Five wrong keys from one client, then even the right key waits: 429 with Retry-After
+    (50 wrong keys took 70 ms before, with no limit)."""
+    async with httpx.AsyncClient(base_url=console_server.url) as client:
+        for _ in range(5):
+            wrong = await client.post("/console/login", data={"admin_key": "guess"})
+            assert wrong.status_code == 401
+        throttled = await client.post("/console/login", data={"admin_key": ADMIN_KEY})
+    assert throttled.status_code == 429
+    assert 0 < int(throttled.headers["retry-after"]) <= 300
+    assert "Too many failed sign-ins" in throttled.text
+    assert COOKIE not in throttled.cookies
+
+
+async def test_signing_out_ends_the_session_for_every_copy_of_the_cookie(
+    console_server: BackgroundServer, redis: Redis
+) -> None:
+    """A cookie copied before sign-out no longer opens a page after it."""
+    async with httpx.AsyncClient(base_url=console_server.url) as client:
+        signed = await client.post("/console/login", data={"admin_key": ADMIN_KEY})
+        cookie = signed.cookies[COOKIE]
+        page = await client.get("/console/numbers")
+        assert page.status_code == 200
+        csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        assert (await client.post("/console/logout", data={"csrf": csrf})).status_code == 303
+    async with httpx.AsyncClient(base_url=console_server.url, cookies={COOKIE: cookie}) as copy:
+        after = await copy.get("/console/numbers")
+    assert after.status_code == 303
+    assert "/console/login" in after.headers["location"]
+
+
+async def test_removing_an_admin_key_ends_its_sessions(
+    console_server: BackgroundServer, redis_url: str, redis: Redis,
+    sandbox_server: SandboxServer,
+) -> None:  # fmt: skip
+    """The same Redis behind a gateway whose WAQ_ADMIN_KEYS no longer holds the key the
+    session was opened with: the cookie is refused there."""
+    async with httpx.AsyncClient(base_url=console_server.url) as client:
+        cookie = (await client.post("/console/login", data={"admin_key": ADMIN_KEY})).cookies[
+            COOKIE
+        ]
+    rotated = GatewayConfig(
+        redis_url=redis_url, admin_keys=("a-new-key",), graph_base_url=sandbox_server.url
+    )
+    with BackgroundServer(create_app(rotated)) as server:
+        async with httpx.AsyncClient(base_url=server.url, cookies={COOKIE: cookie}) as client:
+            refused = await client.get("/console/numbers")
+    assert refused.status_code == 303
+    assert "/console/login" in refused.headers["location"]

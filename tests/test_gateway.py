@@ -14,7 +14,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway import conversation_id_for
+from gateway.conversations import ConversationStore
 from producer import keys
 from sandbox import (
     DEFAULT_PHONE_NUMBER_ID,
@@ -229,7 +229,6 @@ async def test_inbound_opens_window_creates_conversation_and_is_published(
     """A customer's message, delivered twice as Meta may, opens the window and is streamed once."""
     await sandbox.set_faults(duplicate_webhook_ratio=1)
     conversation_id = await customer_writes(api)
-    assert conversation_id == conversation_id_for(PNID, "16505551234")
     conversation = (await api.get(f"/v1/conversations/{conversation_id}")).json()
     assert conversation["window"]["open"] is True
     assert conversation["window"]["closes_at"] == pytest.approx(
@@ -259,7 +258,9 @@ async def test_closed_window_is_409_but_templates_go(api: httpx.AsyncClient, red
     """A conversation whose window closed refuses free-form with 409 and accepts a template."""
     raw, headers = signed(inbound_payload("wamid.old", age_s=25 * 3600))
     assert (await api.post("/webhooks/whatsapp", content=raw, headers=headers)).status_code == 200
-    conversation_id = conversation_id_for(PNID, "16505551234")
+    conversation_id = (await api.get("/v1/conversations", params={"customer": CUSTOMER})).json()[
+        "id"
+    ]
     refused = await api.post(
         f"/v1/conversations/{conversation_id}/messages", json={"message": TEXT}
     )
@@ -681,3 +682,18 @@ async def test_a_failure_pauses_the_number_only_if_newer_than_its_last_success(
     assert pause is not None
     assert pause.code == 131031
     assert (await api.get(f"/v1/messages/{c}")).json()["state"] == "dead"
+
+
+async def test_conversation_ids_are_keyed_per_deployment(redis: Redis) -> None:
+    """An id is an HMAC under the deployment's key: not the plain hash of the two numbers
+    (which anyone can reverse by trying every phone number), the same for every gateway of
+    a deployment and after a restart, different in another deployment or with another key."""
+    windows = WindowStore(redis)
+    first = await ConversationStore(redis, windows).id_for(PNID, "16505551234")
+    again = await ConversationStore(redis, windows).id_for(PNID, "16505551234")  # a restart
+    plain = "c_" + hashlib.sha256(f"{PNID}:16505551234".encode()).hexdigest()[:24]
+    assert first == again != plain
+    configured = ConversationStore(redis, windows, key="ops-chosen-key")
+    assert await configured.id_for(PNID, "16505551234") not in (first, plain)
+    await redis.flushall()  # another deployment
+    assert await ConversationStore(redis, windows).id_for(PNID, "16505551234") != first

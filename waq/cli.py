@@ -271,6 +271,9 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         graph_base_url=settings.graph_base_url,
         default_mps=settings.default_mps,
         max_body_bytes=settings.max_body_bytes,
+        conversation_key=(
+            settings.conversation_key.get_secret_value() if settings.conversation_key else None
+        ),
     )
 
 

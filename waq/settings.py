@@ -97,6 +97,10 @@ class Settings(BaseSettings):
         default=50, ge=1, description="Sends one worker process runs at once (arq max_jobs)."
     )
     queue_name: str = Field(default="waq:queue", description="The arq queue of send jobs.")
+    conversation_key: SecretStr | None = Field(
+        default=None,
+        description="Key of conversation ids (HMAC); unset: a random one kept in Redis.",
+    )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024,
         ge=1024,
@@ -120,7 +124,12 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "access_token", "app_secret", "verify_token", "default_phone_number_id", mode="before"
+        "access_token",
+        "app_secret",
+        "verify_token",
+        "conversation_key",
+        "default_phone_number_id",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
