@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -36,47 +36,83 @@ def valkey() -> Iterator[ValkeyServer]:
     try:
         yield server
     finally:
-        with_pid = server.is_running()
-        if with_pid:
-            os.kill(server.pid, signal.SIGCONT)
+        if server.is_running():
+            os.kill(server.pid, signal.SIGCONT)  # in case a test left it frozen
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(redis_url: str, graph_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway of its own on ``redis_url``, and a client with its API key."""
+    config = GatewayConfig(
+        redis_url=redis_url,
+        api_keys=(API_KEY,),
+        default_phone_number_id=PNID,
+        graph_base_url=graph_url,
+    )
+    with BackgroundServer(create_app(config)) as server:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=30
+        ) as client:
+            yield client
+
+
+def assert_redis_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "2"
+    assert response.json()["error"] == "redis_unavailable"
 
 
 async def test_a_frozen_redis_is_a_503_within_a_second_not_a_hang(
     valkey: ValkeyServer, sandbox_server: SandboxServer
 ) -> None:
-    """SIGSTOP the server: a send and /readyz answer 503 (Retry-After) in about a second;
-    SIGCONT it, and the same send is accepted."""
-    config = GatewayConfig(
-        redis_url=f"redis://127.0.0.1:{valkey.port}/0",
-        api_keys=(API_KEY,),
-        default_phone_number_id=PNID,
-        graph_base_url=sandbox_server.url,
-    )
+    """SIGSTOP the server: a send and /readyz answer 503 (Retry-After) in about a second
+    (bounds that hold on a loaded machine, not a timing); SIGCONT it, and the same send is
+    accepted."""
     body = {"to": CUSTOMER, "message": TEXT, "idempotency_key": "frozen"}
-    with BackgroundServer(create_app(config)) as server:
-        async with httpx.AsyncClient(
-            base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=30
-        ) as client:
-            assert (await client.post("/v1/messages", json={**body, "idempotency_key": "warm"})
-                    ).status_code == 202  # fmt: skip
-            os.kill(valkey.pid, signal.SIGSTOP)
-            try:
-                started = time.monotonic()
-                refused = await client.post("/v1/messages", json=body)
-                send_s = time.monotonic() - started
-                started = time.monotonic()
-                ready = await client.get("/readyz")
-                ready_s = time.monotonic() - started
-            finally:
-                os.kill(valkey.pid, signal.SIGCONT)
-            assert refused.status_code == 503, refused.text
-            assert refused.headers["retry-after"] == "2"
-            assert refused.json()["error"] == "redis_unavailable"
-            assert ready.status_code == 503
-            assert send_s < 3, send_s
-            assert ready_s < 3, ready_s
-            assert (await client.post("/v1/messages", json=body)).status_code == 202
+    async with gateway_client(f"redis://127.0.0.1:{valkey.port}/0", sandbox_server.url) as api:
+        warm = await api.post("/v1/messages", json={**body, "idempotency_key": "warm"})
+        assert warm.status_code == 202
+        os.kill(valkey.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            refused = await api.post("/v1/messages", json=body)
+            send_s = time.monotonic() - started
+            started = time.monotonic()
+            ready = await api.get("/readyz")
+            ready_s = time.monotonic() - started
+        finally:
+            os.kill(valkey.pid, signal.SIGCONT)
+        assert_redis_unavailable(refused)
+        assert ready.status_code == 503
+        assert send_s < 3, send_s  # it hung for as long as Redis was frozen
+        assert ready_s < 3, ready_s
+        assert (await api.post("/v1/messages", json=body)).status_code == 202
+
+
+async def test_redis_gone_is_a_503_with_retry_after(
+    valkey: ValkeyServer, sandbox_server: SandboxServer
+) -> None:
+    """Redis stopped for longer than the gateway's retries: a send is 503 with Retry-After
+    (it waited ~30 s before), /readyz says not ready at once, and once Redis is back on its
+    port the same send is accepted."""
+    port = valkey.port
+    body = {"to": CUSTOMER, "message": TEXT, "idempotency_key": "during-the-outage"}
+    async with gateway_client(f"redis://127.0.0.1:{port}/0", sandbox_server.url) as api:
+        assert (await api.get("/readyz")).status_code == 200
+        valkey.stop()
+        started = time.monotonic()
+        ready = await api.get("/readyz")
+        assert ready.status_code == 503
+        assert time.monotonic() - started < 3
+        assert_redis_unavailable(await api.post("/v1/messages", json=body))
+        back = ValkeyServer(port=port)  # the same server back, empty
+        back.start()
+        try:
+            accepted = await api.post("/v1/messages", json=body)
+        finally:
+            back.stop()
+        assert accepted.status_code == 202, accepted.text
 
 
 def worker_env(redis_url: str, graph_url: str) -> dict[str, str]:

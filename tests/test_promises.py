@@ -18,6 +18,19 @@ from worker.limits import APP_SCOPE, RateConfig, RateLimiter
 from worker.windows import WINDOW_S
 
 
+async def refusing(sandbox: SandboxClient, *, code: int, times: int) -> asyncio.Task[None]:
+    """From now on the fake Meta answers every send with ``code``, until it has done so
+    ``times`` times (the task returned heals it)."""
+    await sandbox.set_number(PNID, send_error_code=code)
+
+    async def heal() -> None:
+        while (await sandbox.stats())["outcomes"].get(str(code), 0) < times:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # the count lives in the sandbox: nothing to wait on
+        await sandbox.set_number(PNID, send_error_code=None)
+
+    return asyncio.create_task(heal())
+
+
 async def test_resend_policy_sends_again_after_the_reconcile_wait(
     pipeline: Pipeline, sandbox: SandboxClient
 ) -> None:
@@ -71,14 +84,7 @@ async def test_app_wide_throttle_slows_every_number(
     pipeline: Pipeline, sandbox: SandboxClient, redis: Redis
 ) -> None:
     """Code 4 (the app's call limit) slows everything down: the app-wide divisor moves."""
-    await sandbox.set_number(PNID, send_error_code=4)
-
-    async def heal() -> None:
-        while "4" not in (await sandbox.stats())["outcomes"]:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        await sandbox.set_number(PNID, send_error_code=None)
-
-    healer = asyncio.create_task(heal())
+    healer = await refusing(sandbox, code=4, times=1)
     enqueued = await pipeline.send(CUSTOMER, TEMPLATE)
     await pipeline.run_worker()
     await healer
@@ -93,14 +99,7 @@ async def test_pair_throttle_131056_backs_off_that_customer_only(
 ) -> None:
     """131056 pushes that pair's next slot out 4^x seconds (1 s, then 4 s), and no refusal is
     an attempt; another customer is untouched meanwhile."""
-    await sandbox.set_number(PNID, send_error_code=131056)
-
-    async def heal() -> None:  # Meta refuses twice, then accepts
-        while (await sandbox.stats())["outcomes"].get("131056", 0) < 2:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        await sandbox.set_number(PNID, send_error_code=None)
-
-    healer = asyncio.create_task(heal())
+    healer = await refusing(sandbox, code=131056, times=2)
     throttled = await pipeline.send(CUSTOMER, TEMPLATE)
     await pipeline.run_worker()
     await healer
