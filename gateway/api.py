@@ -6,10 +6,12 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, Header, Query
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from gateway.conversations import Conversation
 from gateway.errors import ApiError, Conflict, NotFound
+from gateway.graph_door import fold_meta_body
 from gateway.health import HealthReport, run_health_check
 from gateway.kapso import is_kapso_message, kapso_to_meta
 from gateway.state import GatewayState, gateway_state, require_api_key
@@ -40,7 +42,23 @@ class _Strict(BaseModel):
 
 
 class SendMessageIn(_Strict):
-    """One message to send; the sender defaults to WAQ_DEFAULT_PHONE_NUMBER_ID."""
+    """One message to send; the sender defaults to WAQ_DEFAULT_PHONE_NUMBER_ID.
+
+    Meta's own flat body (``messaging_product``, ``to``, ``type`` and its object) is taken
+    too, with ``phone_number_id`` beside it: a Cloud API body pasted as it is.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _meta_flat_body(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "message" not in data and not data.keys() <= {
+            "phone_number_id", "to", "idempotency_key", "metadata"
+        }:  # fmt: skip
+            try:
+                return fold_meta_body(data)
+            except ValueError as exc:
+                raise PydanticCustomError("meta_body", str(exc)) from None
+        return data
 
     phone_number_id: str | None = None
     to: str = Field(description="Recipient with country code, e.g. +16505551234.")

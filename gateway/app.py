@@ -20,6 +20,7 @@ from gateway.api import router
 from gateway.console import console_router
 from gateway.console_auth import LoginRequired
 from gateway.errors import ApiError, error_body, install_error_handlers
+from gateway.graph_door import GRAPH_DOOR_PATH, graph_door
 from gateway.guard import RequestGuard
 from gateway.state import GatewayConfig, GatewayState, gateway_state, key_matches
 from gateway.webhooks import verify_signature
@@ -55,6 +56,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         RequestGuard,
         key_matches=lambda given: key_matches(given, config.api_keys + config.admin_keys),
         max_body_bytes=config.max_body_bytes,
+        graph_paths=GRAPH_DOOR_PATH,
     )
     app.include_router(router)
     app.include_router(console_router)
@@ -132,6 +134,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
             )
         return JSONResponse({"ok": True})
 
+    # Last: the door's pattern (/{version}/{id}/messages) must not shadow a waq route.
+    app.include_router(graph_door)
     return app
 
 

@@ -10,6 +10,7 @@ given, else while it streams in), before a byte of it is parsed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -44,11 +45,13 @@ class RequestGuard:
         key_matches: Callable[[str | None], bool],
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         authenticated_prefixes: Sequence[str] = ("/v1/",),
+        graph_paths: str | None = None,
     ) -> None:
         self.app = app
         self.key_matches = key_matches
         self.max_body_bytes = max_body_bytes
         self.authenticated_prefixes = tuple(authenticated_prefixes)
+        self.graph_paths = re.compile(graph_paths) if graph_paths else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check the headers, then pass the request on with its body counted."""
@@ -62,6 +65,19 @@ class RequestGuard:
         ):
             await _answer(send, 401, "unauthorized", "missing or unknown X-API-Key", "X-API-Key")
             return
+        if self.graph_paths is not None and self.graph_paths.match(path):
+            # The Graph-compatible door: the key where Meta's token goes, refused as Meta would.
+            bearer = headers.get("authorization", "")
+            key = bearer.removeprefix("Bearer ") if bearer.startswith("Bearer ") else None
+            key = key or headers.get("x-api-key")
+            if key is None:
+                await _meta_answer(send, 400, 2500, _NO_TOKEN)
+                return
+            if not self.key_matches(key):
+                await _meta_answer(
+                    send, 401, 190, "Invalid OAuth access token - Cannot parse access token"
+                )
+                return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
             await self._too_large(send)
@@ -99,6 +115,19 @@ class RequestGuard:
         )
 
 
+# Meta's own sentences for these OAuth errors (not secrets).
+_NO_TOKEN: Final = (
+    "An active access token must be used to query information about the current user."  # noqa: S105
+)
+_BAD_TOKEN: Final = "Invalid OAuth access token - Cannot parse access token"  # noqa: S105
+
+
+async def _meta_answer(send: Send, status: int, code: int, message: str) -> None:
+    """Meta's OAuth error envelope (the Graph-compatible door speaks Meta's errors)."""
+    error = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "waq"}
+    await _write(send, status, json.dumps({"error": error}).encode())
+
+
 async def _answer(send: Send, status: int, code: str, detail: str, field: str | None) -> None:
     """waq's error shape, written straight to the ASGI channel.
 
@@ -106,7 +135,12 @@ async def _answer(send: Send, status: int, code: str, detail: str, field: str | 
     arrives (no parsing, no buffering) instead of resetting the connection under a client
     that is still sending, which would lose this answer.
     """
-    body = json.dumps({"error": code, "detail": detail, "field": field}).encode()
+    await _write(
+        send, status, json.dumps({"error": code, "detail": detail, "field": field}).encode()
+    )
+
+
+async def _write(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",

@@ -19,10 +19,19 @@ def type_tag(value: object) -> str | None:
     return f"type={kind}" if isinstance(kind, str) else None
 
 
-def by_type(*types: str) -> Discriminator:
-    """A ``type``-tagged discriminator whose error lists the accepted types in plain words."""
+def by_type(*types: str, default: str | None = None) -> Discriminator:
+    """A ``type``-tagged discriminator whose error lists the accepted types in plain words.
+
+    ``default`` is the type of an object without ``type`` (Meta's messages: ``text``).
+    """
+
+    def tag(value: object) -> str | None:
+        if default is not None and isinstance(value, dict) and "type" not in value:
+            return f"type={default}"
+        return type_tag(value)
+
     return Discriminator(
-        type_tag,
+        tag,
         custom_error_type="type",
         custom_error_message=f"type must be one of: {', '.join(types)}",
     )

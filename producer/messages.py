@@ -307,6 +307,7 @@ Message = Annotated[
         "interactive",
         "reaction",
         "template",
+        default="text",  # Meta: a message without `type` is a text message
     ),
 ]
 

@@ -1,0 +1,138 @@
+"""The Graph-compatible door: ``POST /{version}/{phone_number_id}/messages`` as Meta serves it.
+
+Code written against Meta's Cloud API (by hand, or an SDK such as pywa) points its base URL
+at the gateway and keeps working: the same request body, the same response shape, Meta's
+error envelope and codes, and waq's queueing, limits, retries and dead letters behind it.
+The message id in the answer is waq's, so status reads (``GET /v1/messages/{id}``) work
+with it. The API key goes where the access token went (``Authorization: Bearer``), or in
+``X-API-Key``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from gateway.state import GatewayState, gateway_state
+from producer.errors import IdempotencyKeyReused
+from producer.recipient import wa_id_of
+from producer.request import SendRequest
+
+__all__ = ["GRAPH_DOOR_PATH", "fold_meta_body", "graph_door", "meta_error"]
+
+GRAPH_DOOR_PATH: Final = r"^/v[0-9]+\.[0-9]+/[0-9]{1,32}/messages$"
+"""The door's paths (the request guard authenticates them with a Bearer key too)."""
+
+# A Graph send body's fields that are not the message itself.
+_ENVELOPE: Final = frozenset(
+    {"messaging_product", "recipient_type", "to", "biz_opaque_callback_data", "phone_number_id",
+     "idempotency_key", "metadata"}
+)  # fmt: skip
+
+graph_door = APIRouter(tags=["Graph-compatible"])
+State = Annotated[GatewayState, Depends(gateway_state)]
+
+
+def meta_error(
+    status: int, code: int, message: str, details: str, *, error_type: str = "OAuthException"
+) -> JSONResponse:
+    """Meta's error envelope, as its Graph API answers a refused request."""
+    error: dict[str, Any] = {
+        "message": message,
+        "type": error_type,
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": details},
+        "fbtrace_id": "waq" + secrets.token_urlsafe(12),
+    }
+    return JSONResponse({"error": error}, status_code=status)
+
+
+def fold_meta_body(body: dict[str, Any]) -> dict[str, Any]:
+    """Meta's flat send body as waq's request: the message fields go into ``message``.
+
+    ``messaging_product`` must be ``whatsapp`` and ``recipient_type`` ``individual`` (waq
+    sends to people); the caller's ``biz_opaque_callback_data`` is kept in the metadata
+    (waq puts its own id in that field of the request it makes).
+    """
+    if body.get("messaging_product", "whatsapp") != "whatsapp":
+        raise ValueError("messaging_product must be whatsapp")
+    if body.get("recipient_type", "individual") != "individual":
+        raise ValueError("recipient_type must be individual")
+    folded: dict[str, Any] = {k: v for k, v in body.items() if k in _ENVELOPE}
+    folded.pop("messaging_product", None)
+    folded.pop("recipient_type", None)
+    folded["message"] = {k: v for k, v in body.items() if k not in _ENVELOPE}
+    callback = folded.pop("biz_opaque_callback_data", None)
+    if callback is not None:
+        metadata = folded.get("metadata")
+        folded["metadata"] = {
+            **(metadata if isinstance(metadata, dict) else {}),
+            "biz_opaque_callback_data": callback,
+        }
+    return folded
+
+
+def _invalid(exc: ValidationError) -> JSONResponse:
+    """Meta's code for the first broken rule: 131008 missing, 100 anything else."""
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in first["loc"] if "=" not in str(p))
+    field = field.removeprefix("message.")
+    if first["type"] == "missing":
+        return meta_error(
+            400, 131008, "(#131008) Required parameter is missing",
+            f"The parameter {field} is required.",
+        )  # fmt: skip
+    return meta_error(400, 100, "(#100) Invalid parameter", f"Param {field}: {first['msg']}")
+
+
+@graph_door.post(
+    "/{version}/{phone_number_id}/messages",
+    summary="Send a message, in Meta's own request and response shapes",
+    response_model=None,
+)
+async def send_as_meta(
+    version: str,
+    phone_number_id: str,
+    request: Request,
+    state: State,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Take a Cloud API send body unchanged; answer as Meta does, with waq's message id."""
+    if not re.match(GRAPH_DOOR_PATH, request.url.path):
+        return meta_error(
+            400, 100, "Unknown path components", f"/{version}/{phone_number_id}/messages"
+        )
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return meta_error(400, 100, "(#100) Invalid parameter", "The request body is not JSON.")
+    if not isinstance(body, dict):
+        return meta_error(400, 100, "(#100) Invalid parameter", "The body is not an object.")
+    try:
+        data = fold_meta_body(body)
+    except ValueError as exc:
+        return meta_error(400, 100, "(#100) Invalid parameter", str(exc))
+    data["phone_number_id"] = phone_number_id
+    if idempotency_key is not None:
+        data["idempotency_key"] = idempotency_key
+    try:
+        send = SendRequest.model_validate(data)
+    except ValidationError as exc:
+        return _invalid(exc)
+    try:
+        enqueued = await state.producer.enqueue(send)
+    except IdempotencyKeyReused as exc:
+        return meta_error(400, 100, "(#100) Invalid parameter", exc.detail)
+    return JSONResponse(
+        {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": str(body.get("to")), "wa_id": wa_id_of(send.to)}],
+            "messages": [{"id": enqueued.message_id}],
+        }
+    )
