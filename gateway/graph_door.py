@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -23,6 +24,7 @@ from gateway.state import GatewayState, gateway_state
 from producer.errors import IdempotencyKeyReused
 from producer.recipient import wa_id_of
 from producer.request import SendRequest
+from worker.runner import MARK_READ_FUNCTION
 
 __all__ = ["GRAPH_DOOR_PATH", "fold_meta_body", "graph_door", "meta_error"]
 
@@ -34,6 +36,8 @@ _ENVELOPE: Final = frozenset(
     {"messaging_product", "recipient_type", "to", "biz_opaque_callback_data", "phone_number_id",
      "idempotency_key", "metadata"}
 )  # fmt: skip
+
+_READ_TIMEOUT_S: Final = 10
 
 graph_door = APIRouter(tags=["Graph-compatible"])
 State = Annotated[GatewayState, Depends(gateway_state)]
@@ -114,6 +118,8 @@ async def send_as_meta(
         return meta_error(400, 100, "(#100) Invalid parameter", "The request body is not JSON.")
     if not isinstance(body, dict):
         return meta_error(400, 100, "(#100) Invalid parameter", "The body is not an object.")
+    if body.get("status") == "read":
+        return await _mark_read(state, phone_number_id, body)
     try:
         data = fold_meta_body(body)
     except ValueError as exc:
@@ -136,3 +142,60 @@ async def send_as_meta(
             "messages": [{"id": enqueued.message_id}],
         }
     )
+
+
+_READ_FIELDS: Final = frozenset({"messaging_product", "status", "message_id", "typing_indicator"})
+# Ahead of every send in the queue: arq runs due jobs oldest score first, and a read receipt
+# (the customer sees the blue ticks, or "typing...") must not wait behind a campaign.
+_FIRST_IN_LINE: Final = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)
+
+
+async def _mark_read(
+    state: GatewayState, phone_number_id: str, body: dict[str, Any]
+) -> JSONResponse:
+    """Meta's read receipt, sent by a worker at once and answered as Meta answers it.
+
+    Only workers hold the access token, so the gateway asks one (an arq job ahead of the
+    queue) and waits for its answer.
+    """
+    if unknown := sorted(set(body) - _READ_FIELDS):
+        return meta_error(400, 100, "(#100) Invalid parameter", f"Unknown field {unknown[0]}")
+    message_id = body.get("message_id")
+    if not isinstance(message_id, str) or not message_id:
+        return meta_error(
+            400, 131008, "(#131008) Required parameter is missing",
+            "The parameter message_id is required.",
+        )  # fmt: skip
+    typing = body.get("typing_indicator")
+    if typing not in (None, {"type": "text"}):
+        return meta_error(
+            400, 100, "(#100) Invalid parameter", 'typing_indicator must be {"type": "text"}'
+        )
+    job = await state.redis.enqueue_job(
+        MARK_READ_FUNCTION,
+        _queue_name=state.config.queue_name,
+        _defer_until=_FIRST_IN_LINE,
+        _expires=timedelta(seconds=_READ_TIMEOUT_S),
+        phone_number_id=phone_number_id,
+        message_id=message_id,
+        typing_indicator=typing is not None,
+    )
+    try:
+        result: dict[str, Any] = (
+            await job.result(timeout=_READ_TIMEOUT_S, poll_delay=0.05) if job else {}
+        )
+    except TimeoutError:
+        return meta_error(
+            503, 2, "(#2) Service temporarily unavailable",
+            f"no waq worker sent the read receipt in {_READ_TIMEOUT_S} s", error_type="waq",
+        )  # fmt: skip
+    if not result.get("ok"):
+        error = result.get("error") or {}
+        code = error.get("code")
+        return meta_error(
+            int(error.get("http_status") or 400),
+            code if isinstance(code, int) else 1,
+            f"(#{code}) {error.get('title')}",
+            str(error.get("details") or error.get("title")),
+        )
+    return JSONResponse({"success": True})

@@ -145,6 +145,8 @@ async def send_message(request: Request) -> Response:
         return Response(status_code=504)
     try:
         meta.authorize(request.headers.get("authorization"))
+        if isinstance(body, dict) and body.get("status") == "read":
+            return JSONResponse(meta.mark_read(request.path_params["phone_number_id"], body))
         answer, pending = meta.send(request.path_params["phone_number_id"], body)
     except MetaError as exc:
         return _meta_error(exc)

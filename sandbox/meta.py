@@ -101,6 +101,7 @@ class FakeMeta:
         self.by_wamid: dict[str, LedgerEntry] = {}
         self._requests_seen: dict[str, int] = {}
         self.inbound: list[dict[str, Any]] = []
+        self.read_receipts: list[dict[str, Any]] = []
         self.outcomes: dict[str, int] = {}
         self._recent: dict[str, deque[float]] = {}
         self._pairs: dict[tuple[str, str], _PairBucket] = {}
@@ -290,11 +291,36 @@ class FakeMeta:
         self.inbound.append({"phone_number_id": phone_number_id, **message})
         return message
 
+    def mark_read(self, phone_number_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Meta's read receipt for an inbound message (optionally with the typing indicator).
+
+        Meta answers ``{"success": true}``; a message id it does not know for this number is
+        100. Each receipt is kept in ``read_receipts`` for tests to count.
+        """
+        self.number(phone_number_id)
+        message_id = body.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            raise MetaError(131008, "Required parameter is missing", "message_id is required.")
+        known = {m["id"] for m in self.inbound if m["phone_number_id"] == phone_number_id}
+        if message_id not in known:
+            raise MetaError(100, "Invalid parameter", f"Unknown message_id {message_id}")
+        typing = body.get("typing_indicator")
+        if typing is not None and typing != {"type": "text"}:
+            raise MetaError(100, "Invalid parameter", "typing_indicator.type must be text")
+        self.read_receipts.append(
+            {"phone_number_id": phone_number_id, "message_id": message_id, "typing": bool(typing)}
+        )
+        return {"success": True}
+
     # -- reading -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Outcome counts and the busiest one-second window per number."""
-        return {"outcomes": dict(self.outcomes), "peak_per_second": dict(self._peak_per_second)}
+        """Outcome counts, the busiest one-second window per number, the read receipts."""
+        return {
+            "outcomes": dict(self.outcomes),
+            "peak_per_second": dict(self._peak_per_second),
+            "read_receipts": list(self.read_receipts),
+        }
 
     def _count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1

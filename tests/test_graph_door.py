@@ -13,9 +13,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from producer import Producer
 from sandbox import BackgroundServer, SandboxClient
 from tests.conftest import API_KEY
+from tests.support import TEMPLATE
 from tests.test_gateway import CUSTOMER, PNID, customer_writes_direct
+from worker.limits import RateLimiter
 
 DOOR = f"/v24.0/{PNID}/messages"
 META_TEXT = {
@@ -225,3 +228,46 @@ async def test_pywa_sends_every_kind_it_builds_through_the_door(
         ["text", "interactive", "image", "video", "audio", "document", "sticker", "location",
          "contacts", "reaction", "template"]
     )  # fmt: skip
+
+
+async def test_mark_as_read_goes_at_once_ahead_of_a_backlog(
+    door: httpx.AsyncClient, sandbox: SandboxClient, redis: Redis, running_worker: None
+) -> None:
+    """Meta's read receipt through the door, with the typing indicator: {"success": true}
+    once the sandbox has it, while a 100-message backlog at 10 mps (10 s deep) still waits:
+    the receipt went ahead of it, not behind it."""
+    inbound = (await sandbox.inbound(CUSTOMER))["message"]
+    await RateLimiter(redis).set_mps(PNID, 10)
+    await Producer(redis).enqueue_many(
+        [{"phone_number_id": PNID, "to": f"+1650557{i:04d}", "message": TEMPLATE}
+         for i in range(100)]
+    )  # fmt: skip
+    await asyncio.sleep(0.5)  # the worker is busy with the backlog
+    receipt = {
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": inbound["id"],
+        "typing_indicator": {"type": "text"},
+    }
+    response = await door.post(DOOR, json=receipt)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"success": True}
+    stats = await sandbox.stats()
+    assert stats["read_receipts"] == [
+        {"phone_number_id": PNID, "message_id": inbound["id"], "typing": True}
+    ]
+    assert stats["outcomes"].get("accepted", 0) < 50, "the receipt did not wait for the backlog"
+
+
+async def test_a_receipt_meta_refuses_comes_back_in_metas_envelope(
+    door: httpx.AsyncClient, running_worker: None
+) -> None:
+    """An unknown message id: Meta's 100, passed through from the worker; a missing one is
+    refused by the door itself (131008) without asking a worker."""
+    unknown = await door.post(
+        DOOR, json={"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.x"}
+    )
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["code"] == 100
+    missing = await door.post(DOOR, json={"messaging_product": "whatsapp", "status": "read"})
+    assert missing.json()["error"]["code"] == 131008

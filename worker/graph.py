@@ -134,6 +134,19 @@ class GraphClient:
                 "success answer without a message id", ambiguous=True
             ) from None
 
+    async def mark_read(
+        self, phone_number_id: str, message_id: str, *, typing_indicator: bool = False
+    ) -> None:
+        """Mark a customer's message read (and show "typing..."); raises like ``send``."""
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": message_id,
+        }
+        if typing_indicator:
+            body["typing_indicator"] = {"type": "text"}
+        await self._request("POST", f"/{self.api_version}/{phone_number_id}/messages", json=body)
+
     async def phone_number(
         self, phone_number_id: str, fields: tuple[str, ...] = PHONE_NUMBER_FIELDS
     ) -> PhoneNumberInfo:

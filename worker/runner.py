@@ -40,8 +40,10 @@ from worker.windows import WindowStore
 __all__ = [
     "HEALTH_FUNCTION",
     "HEALTH_KEY_SUFFIX",
+    "MARK_READ_FUNCTION",
     "WorkerConfig",
     "create_worker",
+    "mark_read",
     "phone_number_health",
     "probe_paused_numbers",
     "run_worker",
@@ -50,6 +52,9 @@ __all__ = [
 
 HEALTH_FUNCTION = "phone_number_health"
 """The job the gateway enqueues to read a number's health: only workers hold the token."""
+
+MARK_READ_FUNCTION = "mark_read"
+"""The job the gateway enqueues, ahead of every send, to send a read receipt."""
 
 HEALTH_KEY_SUFFIX = ":health-check"
 """arq's liveness key is the queue name plus this; workers refresh it every 10 s."""
@@ -134,6 +139,18 @@ async def probe_paused_numbers(ctx: dict[str, Any]) -> dict[str, str]:
         else:
             results[phone_number_id] = "still blocked"
     return results
+
+
+async def mark_read(
+    ctx: dict[str, Any], *, phone_number_id: str, message_id: str, typing_indicator: bool
+) -> dict[str, Any]:
+    """Send a read receipt at once, for the gateway's Graph-compatible door (it waits)."""
+    graph: GraphClient = ctx["graph"]
+    try:
+        await graph.mark_read(phone_number_id, message_id, typing_indicator=typing_indicator)
+    except (GraphError, GraphTransportError) as exc:
+        return {"ok": False, "error": exc.as_dict()}
+    return {"ok": True}
 
 
 async def phone_number_health(ctx: dict[str, Any], *, phone_number_id: str) -> dict[str, Any]:
@@ -251,6 +268,7 @@ def create_worker(config: WorkerConfig) -> Worker:
             func(send_message, name=SEND_FUNCTION, max_tries=_ARQ_MAX_TRIES),
             # The gateway waits for this result, so it is kept briefly.
             func(phone_number_health, name=HEALTH_FUNCTION, max_tries=1, keep_result=120),
+            func(mark_read, name=MARK_READ_FUNCTION, max_tries=1, keep_result=60),
         ],
         cron_jobs=cron_jobs,
         queue_name=config.queue_name,
