@@ -144,6 +144,12 @@ async def running_worker(
     try:
         yield
     finally:
-        task.cancel()
+        # Stop taking jobs, then cancel until the loop has ended: seen in a py-spy dump and
+        # a MONITOR, a single cancel that lands inside a busy poll (a deep backlog) can be
+        # lost, and the loop then polls Redis every 10 ms until the test times out.
+        worker.allow_pick_jobs = False
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
         await asyncio.gather(task, return_exceptions=True)
         await worker.close()

@@ -201,7 +201,7 @@ def run_worker(
     backoff_s = 0.5
     while True:
         worker = create_worker(config)
-        worker.on_stop = stop.append
+        worker.on_stop = _stopping(worker, stop)
         try:
             worker.run()
         except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -216,6 +216,28 @@ def run_worker(
             backoff_s = min(backoff_s * 2, max_backoff_s)
         else:
             return
+
+
+def _stopping(worker: Worker, stop: list[signal.Signals]) -> Callable[[signal.Signals], None]:
+    """arq's ``on_stop``: note the signal, and make sure the cancel it sent takes.
+
+    arq cancels its main task once. A test's py-spy dump and Redis MONITOR showed a single
+    cancel lost in a busy poll (the loop went on polling every 10 ms), so the worker stops
+    taking jobs and the cancel is repeated each second until the loop has ended.
+    """
+
+    def on_stop(sig: signal.Signals) -> None:
+        stop.append(sig)
+        worker.allow_pick_jobs = False
+
+        def cancel_again() -> None:
+            if worker.main_task is not None and not worker.main_task.done():
+                worker.main_task.cancel()
+                worker.loop.call_later(1.0, cancel_again)
+
+        worker.loop.call_later(1.0, cancel_again)
+
+    return on_stop
 
 
 def create_worker(config: WorkerConfig) -> Worker:
