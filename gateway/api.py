@@ -17,7 +17,7 @@ from gateway.kapso import is_kapso_message, kapso_to_meta
 from gateway.state import GatewayState, gateway_state, require_api_key
 from producer import limits
 from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest
-from producer.messages import Message
+from producer.messages import Message, TemplateMessage
 from producer.recipient import normalize_recipient, wa_id_of
 from producer.request import MetadataKey, MetadataValue, SendRequest
 from producer.status import MessageStatus
@@ -196,6 +196,14 @@ async def send_batch(body: BatchIn, state: State) -> BatchOut:
             valid.append((index, _request(data)))
         except InvalidRequest as exc:
             results.append(BatchItem(index=index, error=_item_error(exc)))
+    templated = [
+        (i, r.message.template) for i, r in valid if isinstance(r.message, TemplateMessage)
+    ]
+    checked = await state.producer.templates.check([("", t) for _, t in templated])
+    refused = {i: found for (i, _), found in zip(templated, checked, strict=True) if found}
+    for index, found in refused.items():
+        results.append(BatchItem(index=index, error=_item_error(InvalidRequest(found))))
+    valid = [(i, r) for i, r in valid if i not in refused]
     enqueued = await state.producer.enqueue_many([request for _, request in valid]) if valid else []
     for (index, request), e in zip(valid, enqueued, strict=True):
         if e.key_reused:

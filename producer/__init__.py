@@ -37,6 +37,7 @@ from producer.request import SendRequest
 from producer.status import FINAL_STATES, MessageState, MessageStatus, StatusEvent
 from producer.status_store import StatusStore
 from producer.template import Language, Template
+from producer.template_catalog import CatalogTemplate, TemplateCatalog
 
 __all__ = [
     "FINAL_STATES",
@@ -44,6 +45,7 @@ __all__ = [
     "Audio",
     "AudioMessage",
     "ButtonInteractive",
+    "CatalogTemplate",
     "Contact",
     "ContactsMessage",
     "Context",
@@ -75,6 +77,7 @@ __all__ = [
     "Sticker",
     "StickerMessage",
     "Template",
+    "TemplateCatalog",
     "TemplateMessage",
     "Text",
     "TextMessage",

@@ -20,9 +20,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import keys
 from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest
+from producer.messages import TemplateMessage
 from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
+from producer.template_catalog import TemplateCatalog
 
 __all__ = ["SEND_FUNCTION", "Enqueued", "Producer", "message_id_for", "reconnecting"]
 
@@ -148,6 +150,7 @@ class Producer:
         self.queue_name = queue_name
         self.order_wait_s = order_wait_s
         self.statuses = StatusStore(redis, retention_s=retention_s)
+        self.templates = TemplateCatalog(redis)
         self._owns_redis = owns_redis
         self._enqueue_script = redis.register_script(_ENQUEUE)
 
@@ -182,6 +185,7 @@ class Producer:
         answer says ``key_reused`` (and names the first message).
         """
         valid = _validate_all(list(requests))
+        await self._check_templates(valid)
         now_ms = int(time.time() * 1000)
         ttl_ms = self.statuses.retention_s * 1000
         ids = []
@@ -228,6 +232,16 @@ class Producer:
                 )
             )
         return results
+
+    async def _check_templates(self, requests: list[SendRequest]) -> None:
+        """Refuse templates the synced catalog says Meta would refuse (a 132xxx dead letter)."""
+        templates = [
+            (f"[{index}]." if len(requests) > 1 else "", request.message.template)
+            for index, request in enumerate(requests)
+            if isinstance(request.message, TemplateMessage)
+        ]
+        if errors := [e for found in await self.templates.check(templates) for e in found]:
+            raise InvalidRequest(errors)
 
     async def status(self, message_id: str) -> MessageStatus | None:
         """A message's state and history; None when unknown or past retention."""

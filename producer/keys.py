@@ -16,6 +16,7 @@ __all__ = [
     "PAUSED_NUMBERS",
     "SENDERS",
     "SENDER_LAST_SUCCESS",
+    "TEMPLATES",
     "WEBHOOK_SEEN",
     "conversation",
     "dead_letter",
@@ -42,6 +43,10 @@ tell a number waq knows from a typo."""
 SENDER_LAST_SUCCESS: Final = "waq:senders:last_success"
 """hash, phone_number_id -> Meta's timestamp (unix s) of the newest sent/delivered/read status;
 no TTL: a failure report older than it cannot pause the number."""
+
+TEMPLATES: Final = "waq:templates"
+"""hash, "<name>:<language>" -> JSON {status, category, body_parameters}, plus "" -> the sync
+time; replaced whole by each sync (worker.runner.sync_templates); absent: never synced."""
 
 DEAD_LETTERS: Final = "waq:dlq"
 """zset, message id scored by the time it died (unix s); no TTL: ops drain it."""

@@ -157,6 +157,16 @@ async def send_message(request: Request) -> Response:
     return JSONResponse(answer)
 
 
+async def message_templates(request: Request) -> Response:
+    """``GET /{version}/{waba_id}/message_templates``: the templates, as Meta lists them."""
+    meta = _sandbox(request).meta
+    try:
+        meta.authorize(request.headers.get("authorization"))
+    except MetaError as exc:
+        return _meta_error(exc)
+    return JSONResponse(meta.message_templates())
+
+
 async def read_phone_number(request: Request) -> Response:
     """``GET /{version}/{phone_number_id}?fields=...``."""
     meta = _sandbox(request).meta
@@ -367,6 +377,9 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         Route("/_sandbox/webhook", _control(_webhook), methods=["POST"]),
         Route("/_sandbox/reset", _control(_reset), methods=["POST"]),
         Route("/{version:str}/{phone_number_id:str}/messages", send_message, methods=["POST"]),
+        Route(
+            "/{version:str}/{waba_id:str}/message_templates", message_templates, methods=["GET"]
+        ),
         Route("/{version:str}/{phone_number_id:str}", read_phone_number, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -48,6 +48,7 @@ class TemplateSpec:
 
     languages: frozenset[str]
     body_parameters: int = 0
+    status: str = "APPROVED"  # Meta's: APPROVED, PENDING, REJECTED, PAUSED, DISABLED
 
 
 def _default_templates() -> dict[str, TemplateSpec]:

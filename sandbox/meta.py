@@ -6,6 +6,7 @@ puts it behind Meta's routes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import secrets
@@ -235,6 +236,10 @@ class FakeMeta:
                 f"template name ({name}) does not exist in {language}",
                 http_status=404,
             )
+        if spec.status == "PAUSED":
+            raise MetaError(132015, "Template is paused", f"template {name} is paused")
+        if spec.status != "APPROVED":
+            raise MetaError(132016, "Template is disabled", f"template {name} is {spec.status}")
         given = template_body_parameter_count(template)
         if given != spec.body_parameters:
             raise MetaError(
@@ -290,6 +295,28 @@ class FakeMeta:
         }
         self.inbound.append({"phone_number_id": phone_number_id, **message})
         return message
+
+    def message_templates(self) -> dict[str, Any]:
+        """``GET /{version}/{waba_id}/message_templates``: every template, in Meta's shape."""
+        data = [
+            {
+                "id": str(int(hashlib.sha256(f"{name}:{language}".encode()).hexdigest()[:12], 16)),
+                "name": name,
+                "language": language,
+                "status": spec.status,
+                "category": "UTILITY",
+                "components": [
+                    {
+                        "type": "BODY",
+                        "text": "Hello"
+                        + "".join(f" {{{{{i}}}}}" for i in range(1, spec.body_parameters + 1)),
+                    }
+                ],
+            }
+            for name, spec in sorted(self.config.templates.items())
+            for language in sorted(spec.languages)
+        ]
+        return {"data": data, "paging": {"cursors": {"before": "", "after": ""}}}
 
     def mark_read(self, phone_number_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Meta's read receipt for an inbound message (optionally with the typing indicator).

@@ -21,6 +21,7 @@ from sandbox import (
     WindowErrors,
     sender_ids,
 )
+from sandbox.webhooks import WABA_ID
 from waq.demo import run_demo
 from waq.dlq import dlq
 from waq.embedded import redis_for
@@ -28,6 +29,7 @@ from waq.loadtest import LoadTestRefused
 from waq.loadtest_run import LoadRun, Via
 from waq.ops import limits, pause, resume, status
 from waq.settings import Settings
+from waq.templates import templates
 from worker.delivery import DeliveryConfig
 from worker.limits import RateConfig
 from worker.logs import configure_logging
@@ -113,6 +115,8 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
         window_margin_s=settings.window_margin_s,
         concurrency=settings.worker_concurrency,
         health_probe_s=settings.health_probe_s,
+        waba_id=settings.waba_id,
+        template_sync_s=settings.template_sync_s,
         delivery=DeliveryConfig(
             max_attempts=settings.max_attempts,
             backoff_base_s=settings.backoff_base_s,
@@ -235,6 +239,7 @@ def dev(
             "api_keys": [SecretStr("dev-key")],
             "admin_keys": [SecretStr("dev-admin-key")],
             "default_phone_number_id": DEFAULT_PHONE_NUMBER_ID,
+            "waba_id": WABA_ID,  # the sandbox's account: its templates are synced and checked
         }
     )
     _configure(settings)
@@ -279,6 +284,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
 
 app.add_typer(dlq, name="dlq")
 app.add_typer(limits, name="limits")
+app.add_typer(templates, name="templates")
 app.command()(pause)
 app.command()(resume)
 app.command()(status)

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         default=50, ge=1, description="Sends one worker process runs at once (arq max_jobs)."
     )
     queue_name: str = Field(default="waq:queue", description="The arq queue of send jobs.")
+    waba_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,32}$",
+        description="WhatsApp Business Account id: its templates are synced and checked.",
+    )
+    template_sync_s: int = Field(
+        default=900, ge=60, description="How often workers sync the templates (with a WABA id)."
+    )
     conversation_key: SecretStr | None = Field(
         default=None,
         description="Key of conversation ids (HMAC); unset: a random one kept in Redis.",
@@ -129,6 +137,7 @@ class Settings(BaseSettings):
         "verify_token",
         "conversation_key",
         "default_phone_number_id",
+        "waba_id",
         mode="before",
     )
     @classmethod

@@ -134,6 +134,20 @@ class GraphClient:
                 "success answer without a message id", ambiguous=True
             ) from None
 
+    async def message_templates(self, waba_id: str) -> list[dict[str, Any]]:
+        """Every template of a WhatsApp Business Account, following Meta's paging."""
+        url: str | None = f"/{self.api_version}/{waba_id}/message_templates"
+        params: dict[str, Any] | None = {
+            "fields": "name,language,status,category,components",
+            "limit": 200,
+        }
+        templates: list[dict[str, Any]] = []
+        while url:
+            page = _json(await self._request("GET", url, params=params))
+            templates.extend(page.get("data") or [])
+            url, params = (page.get("paging") or {}).get("next"), None  # next has the cursor
+        return templates
+
     async def mark_read(
         self, phone_number_id: str, message_id: str, *, typing_indicator: bool = False
     ) -> None:

@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from producer import keys
 from producer.client import SEND_FUNCTION, json_serializer, reconnecting
 from producer.status_store import StatusStore
+from producer.template_catalog import CatalogTemplate, TemplateCatalog
 from worker.aiohttp_transport import AiohttpTransport
 from worker.backoff import backoff_s
 from worker.dead_letters import DeadLetterStore
@@ -41,6 +42,7 @@ __all__ = [
     "HEALTH_FUNCTION",
     "HEALTH_KEY_SUFFIX",
     "MARK_READ_FUNCTION",
+    "SYNC_TEMPLATES_FUNCTION",
     "WorkerConfig",
     "create_worker",
     "mark_read",
@@ -48,10 +50,14 @@ __all__ = [
     "probe_paused_numbers",
     "run_worker",
     "send_message",
+    "sync_templates",
 ]
 
 HEALTH_FUNCTION = "phone_number_health"
 """The job the gateway enqueues to read a number's health: only workers hold the token."""
+
+SYNC_TEMPLATES_FUNCTION = "sync_templates"
+"""The job `waq templates sync` enqueues (and the cron job workers run) to refresh the catalog."""
 
 MARK_READ_FUNCTION = "mark_read"
 """The job the gateway enqueues, ahead of every send, to send a read receipt."""
@@ -92,6 +98,8 @@ class WorkerConfig:
     metrics: WorkerMetrics | None = None
     metrics_port: int | None = None  # serve /metrics here (run_worker); None: not served
     redis_attempts: int = 20  # a command's tries through a Redis outage (run_worker: 8)
+    waba_id: str | None = None  # the account whose templates are synced (None: no sync)
+    template_sync_s: int | None = 900  # how often workers sync them; None: never by cron
 
 
 async def send_message(ctx: dict[str, Any], *, message_id: str, request: dict[str, Any]) -> str:
@@ -139,6 +147,24 @@ async def probe_paused_numbers(ctx: dict[str, Any]) -> dict[str, str]:
         else:
             results[phone_number_id] = "still blocked"
     return results
+
+
+async def sync_templates(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Read the account's templates from Meta into the catalog producers check against."""
+    graph: GraphClient = ctx["graph"]
+    waba_id: str | None = ctx["waba_id"]
+    if waba_id is None:
+        return {"ok": False, "error": {"code": "no_waba_id", "title": "WAQ_WABA_ID is not set"}}
+    try:
+        listed = await graph.message_templates(waba_id)
+    except (GraphError, GraphTransportError) as exc:
+        log.warning("templates.sync_failed", error=exc.as_dict())
+        return {"ok": False, "error": exc.as_dict()}
+    count = await TemplateCatalog(ctx["redis"]).replace(
+        CatalogTemplate.from_meta(item) for item in listed
+    )
+    log.info("templates.synced", templates=count)
+    return {"ok": True, "templates": count}
 
 
 async def mark_read(
@@ -263,6 +289,7 @@ def create_worker(config: WorkerConfig) -> Worker:
         ctx.update(
             graph=graph,
             pauses=pauses,
+            waba_id=config.waba_id,
             deliverer=Deliverer(
                 graph=graph,
                 statuses=statuses,
@@ -285,12 +312,24 @@ def create_worker(config: WorkerConfig) -> Worker:
     if config.health_probe_s is not None:
         seconds = _probe_seconds(config.health_probe_s)
         cron_jobs.append(cron(probe_paused_numbers, second=seconds, run_at_startup=False))
+    if config.waba_id is not None and config.template_sync_s is not None:
+        every_min = max(1, config.template_sync_s // 60)
+        cron_jobs.append(
+            cron(
+                sync_templates,
+                name="cron:sync_templates",
+                minute=set(range(0, 60, every_min)) if every_min < 60 else {0},
+                second=0,
+                run_at_startup=True,
+            )
+        )
     return Worker(
         functions=[
             func(send_message, name=SEND_FUNCTION, max_tries=_ARQ_MAX_TRIES),
             # The gateway waits for this result, so it is kept briefly.
             func(phone_number_health, name=HEALTH_FUNCTION, max_tries=1, keep_result=120),
             func(mark_read, name=MARK_READ_FUNCTION, max_tries=1, keep_result=60),
+            func(sync_templates, name=SYNC_TEMPLATES_FUNCTION, max_tries=1, keep_result=120),
         ],
         cron_jobs=cron_jobs,
         queue_name=config.queue_name,
