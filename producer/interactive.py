@@ -1,4 +1,8 @@
-"""Interactive messages: reply buttons, lists and call-to-action URL buttons, with Meta's limits."""
+"""Interactive messages, with Meta's limits for each kind.
+
+Reply buttons, lists, URL buttons, location requests, the catalog, one product, a product
+list.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ from producer.media import Document, Image, Video
 __all__ = [
     "ButtonAction",
     "ButtonInteractive",
+    "CatalogAction",
+    "CatalogInteractive",
+    "CatalogParameters",
     "CtaUrlAction",
     "CtaUrlInteractive",
     "CtaUrlParameters",
@@ -25,8 +32,16 @@ __all__ = [
     "ListInteractive",
     "ListRow",
     "ListSection",
+    "LocationRequestInteractive",
+    "ProductAction",
+    "ProductInteractive",
+    "ProductItem",
+    "ProductListAction",
+    "ProductListInteractive",
+    "ProductSection",
     "ReplyButton",
     "ReplyButtonContent",
+    "SendLocationAction",
 ]
 
 
@@ -203,9 +218,145 @@ class CtaUrlInteractive(ContractModel):
         return self
 
 
+class SendLocationAction(ContractModel):
+    """The one button of a location request; Meta names it ``send_location``."""
+
+    name: Literal["send_location"] = "send_location"
+
+
+class LocationRequestInteractive(ContractModel):
+    """Asks the customer to share a location: body up to 1,024 characters, no header."""
+
+    type: Literal["location_request_message"] = "location_request_message"
+    body: InteractiveBody
+    action: SendLocationAction
+
+    @model_validator(mode="after")
+    def _body_length(self) -> LocationRequestInteractive:
+        _body_at_most(self.body, limits.INTERACTIVE_BODY_MAX_CHARS)
+        return self
+
+
+class CatalogParameters(ContractModel):
+    """The product whose image heads the message (else the catalog's first)."""
+
+    thumbnail_product_retailer_id: str = Field(min_length=1)
+
+
+class CatalogAction(ContractModel):
+    """A View catalog button; Meta names it ``catalog_message``."""
+
+    name: Literal["catalog_message"] = "catalog_message"
+    parameters: CatalogParameters | None = None
+
+
+class CatalogInteractive(ContractModel):
+    """The business's catalog: body up to 1,024 characters, optional footer, no header."""
+
+    type: Literal["catalog_message"] = "catalog_message"
+    body: InteractiveBody
+    footer: InteractiveFooter | None = None
+    action: CatalogAction
+
+    @model_validator(mode="after")
+    def _body_length(self) -> CatalogInteractive:
+        _body_at_most(self.body, limits.INTERACTIVE_BODY_MAX_CHARS)
+        return self
+
+
+class ProductAction(ContractModel):
+    """One product of a catalog, by its retailer id (SKU)."""
+
+    catalog_id: str = Field(min_length=1)
+    product_retailer_id: str = Field(min_length=1)
+
+
+class ProductInteractive(ContractModel):
+    """One product: optional body (1,024) and footer, no header."""
+
+    type: Literal["product"] = "product"
+    body: InteractiveBody | None = None
+    footer: InteractiveFooter | None = None
+    action: ProductAction
+
+    @model_validator(mode="after")
+    def _body_length(self) -> ProductInteractive:
+        if self.body is not None:
+            _body_at_most(self.body, limits.INTERACTIVE_BODY_MAX_CHARS)
+        return self
+
+
+class ProductItem(ContractModel):
+    """A product of a section, by its retailer id (SKU)."""
+
+    product_retailer_id: str = Field(min_length=1)
+
+
+class ProductSection(ContractModel):
+    """A titled group of products."""
+
+    title: str | None = Field(
+        default=None, min_length=1, max_length=limits.PRODUCT_SECTION_TITLE_MAX_CHARS
+    )
+    product_items: list[ProductItem] = Field(min_length=1)
+
+
+class ProductListAction(ContractModel):
+    """Up to 10 sections of up to 30 products in all, from one catalog."""
+
+    catalog_id: str = Field(min_length=1)
+    sections: list[ProductSection] = Field(
+        min_length=1, max_length=limits.PRODUCT_LIST_SECTIONS_MAX
+    )
+
+    @model_validator(mode="after")
+    def _limits(self) -> ProductListAction:
+        items = sum(len(s.product_items) for s in self.sections)
+        if items > limits.PRODUCT_LIST_ITEMS_MAX:
+            raise PydanticCustomError(
+                "too_many_products",
+                "at most {max} products across all sections",
+                {"max": limits.PRODUCT_LIST_ITEMS_MAX},
+            )
+        if len(self.sections) > 1 and any(s.title is None for s in self.sections):
+            raise PydanticCustomError(
+                "section_title", "every section needs a title when there is more than one"
+            )
+        return self
+
+
+class ProductListInteractive(ContractModel):
+    """Several products: a text header (required), body up to 1,024, optional footer."""
+
+    type: Literal["product_list"] = "product_list"
+    header: InteractiveHeader
+    body: InteractiveBody
+    footer: InteractiveFooter | None = None
+    action: ProductListAction
+
+    @model_validator(mode="after")
+    def _text_header_and_body(self) -> ProductListInteractive:
+        if self.header.type != "text":
+            raise PydanticCustomError("header_type", "a product list's header must be text")
+        _body_at_most(self.body, limits.INTERACTIVE_BODY_MAX_CHARS)
+        return self
+
+
 Interactive = Annotated[
     Annotated[ButtonInteractive, Tag("type=button")]
     | Annotated[ListInteractive, Tag("type=list")]
-    | Annotated[CtaUrlInteractive, Tag("type=cta_url")],
-    by_type("button", "list", "cta_url"),
+    | Annotated[CtaUrlInteractive, Tag("type=cta_url")]
+    | Annotated[LocationRequestInteractive, Tag("type=location_request_message")]
+    | Annotated[CatalogInteractive, Tag("type=catalog_message")]
+    | Annotated[ProductInteractive, Tag("type=product")]
+    | Annotated[ProductListInteractive, Tag("type=product_list")],
+    by_type(
+        "button",
+        "list",
+        "cta_url",
+        "location_request_message",
+        "catalog_message",
+        "product",
+        "product_list",
+    ),
 ]

@@ -377,9 +377,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         Route("/_sandbox/webhook", _control(_webhook), methods=["POST"]),
         Route("/_sandbox/reset", _control(_reset), methods=["POST"]),
         Route("/{version:str}/{phone_number_id:str}/messages", send_message, methods=["POST"]),
-        Route(
-            "/{version:str}/{waba_id:str}/message_templates", message_templates, methods=["GET"]
-        ),
+        Route("/{version:str}/{waba_id:str}/message_templates", message_templates, methods=["GET"]),
         Route("/{version:str}/{phone_number_id:str}", read_phone_number, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

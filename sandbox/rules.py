@@ -174,10 +174,19 @@ def _header(header: dict[str, Any], path: str, *, text_only: bool = False) -> No
         _media(_obj(header, kind, path), kind)
 
 
+_INTERACTIVE_KINDS = (
+    "button", "list", "cta_url", "location_request_message", "catalog_message", "product",
+    "product_list",
+)  # fmt: skip
+
+
 def _interactive(interactive: dict[str, Any], path: str) -> None:
     kind = interactive.get("type")
-    if kind not in ("button", "list", "cta_url"):
-        raise invalid(f"{path}['type']", "must be one of {button, list, cta_url}")
+    if kind not in _INTERACTIVE_KINDS:
+        raise invalid(f"{path}['type']", "must be one of {" + ", ".join(_INTERACTIVE_KINDS) + "}")
+    if kind in ("location_request_message", "catalog_message", "product", "product_list"):
+        _commerce(interactive, str(kind), path)
+        return
     if interactive.get("header") is not None:
         _header(_obj(interactive, "header", path), f"{path}['header']", text_only=kind == "list")
     _str(
@@ -201,6 +210,53 @@ def _interactive(interactive: dict[str, Any], path: str) -> None:
         _str(params, "display_text", f"{apath}['parameters']", max_len=20)
         if not _str(params, "url", f"{apath}['parameters']").startswith(("http://", "https://")):
             raise invalid_value(f"{apath}['parameters']['url']", "must be an http or https URL")
+
+
+def _commerce(interactive: dict[str, Any], kind: str, path: str) -> None:
+    """Location requests, the catalog, one product and product lists, as Meta checks them."""
+    apath = f"{path}['action']"
+    action = _obj(interactive, "action", path)
+    if kind == "product_list":
+        header = _obj(interactive, "header", path)
+        if header.get("type") != "text":
+            raise invalid(f"{path}['header']['type']", "must be text for a product list")
+        _str(header, "text", f"{path}['header']", max_len=60)
+    elif interactive.get("header") is not None:
+        raise invalid(f"{path}['header']", f"is not allowed for {kind}")
+    if kind != "product" or interactive.get("body") is not None:
+        _str(_obj(interactive, "body", path), "text", f"{path}['body']", max_len=1024)
+    if interactive.get("footer") is not None:
+        if kind == "location_request_message":
+            raise invalid(f"{path}['footer']", "is not allowed for location_request_message")
+        _str(_obj(interactive, "footer", path), "text", f"{path}['footer']", max_len=60)
+    if kind == "location_request_message" and action.get("name") != "send_location":
+        raise invalid(f"{apath}['name']", "must be send_location")
+    if kind == "catalog_message" and action.get("name") != "catalog_message":
+        raise invalid(f"{apath}['name']", "must be catalog_message")
+    if kind == "product":
+        _str(action, "catalog_id", apath)
+        _str(action, "product_retailer_id", apath)
+    if kind == "product_list":
+        _str(action, "catalog_id", apath)
+        sections = action.get("sections")
+        if not isinstance(sections, list) or not 1 <= len(sections) <= 10:
+            raise invalid(f"{apath}['sections']", "must have between 1 and 10 sections")
+        items = [
+            _str(item, "product_retailer_id", f"{apath}['sections'][{i}]['product_items'][{j}]")
+            for i, section in enumerate(sections)
+            for j, item in enumerate(
+                _list_of(section, "product_items", f"{apath}['sections'][{i}]")
+            )
+        ]
+        if len(items) > 30:
+            raise invalid(f"{apath}['sections']", "must hold at most 30 products in all")
+
+
+def _list_of(parent: Any, key: str, path: str) -> list[dict[str, Any]]:
+    value = parent.get(key) if isinstance(parent, dict) else None
+    if not isinstance(value, list) or not value:
+        raise invalid(f"{path}['{key}']", "must be a non-empty list")
+    return [v if isinstance(v, dict) else {} for v in value]
 
 
 def _buttons(action: dict[str, Any], path: str) -> None:

@@ -128,6 +128,49 @@ META_EXAMPLES: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "location_request": {
+        "type": "interactive",
+        "interactive": {
+            "type": "location_request_message",
+            "body": {"text": "Where should we deliver?"},
+            "action": {"name": "send_location"},
+        },
+    },
+    "catalog": {
+        "type": "interactive",
+        "interactive": {
+            "type": "catalog_message",
+            "body": {"text": "Our spring collection"},
+            "footer": {"text": "Free shipping"},
+            "action": {
+                "name": "catalog_message",
+                "parameters": {"thumbnail_product_retailer_id": "SKU-1"},
+            },
+        },
+    },
+    "product": {
+        "type": "interactive",
+        "interactive": {
+            "type": "product",
+            "body": {"text": "Back in stock"},
+            "action": {"catalog_id": "194836987003835", "product_retailer_id": "SKU-1"},
+        },
+    },
+    "product_list": {
+        "type": "interactive",
+        "interactive": {
+            "type": "product_list",
+            "header": {"type": "text", "text": "Picked for you"},
+            "body": {"text": "Two of each"},
+            "action": {
+                "catalog_id": "194836987003835",
+                "sections": [
+                    {"title": "Shoes", "product_items": [{"product_retailer_id": "SKU-1"}]},
+                    {"title": "Socks", "product_items": [{"product_retailer_id": "SKU-2"}]},
+                ],
+            },
+        },
+    },
     "reply_context": {
         "type": "text",
         "text": {"body": "Yes, it does."},
@@ -416,6 +459,61 @@ def test_impossible_recipient_is_refused(raw: str) -> None:
             },
             "message.template.components.0",
             "button_index",
+        ),
+        (
+            {
+                "type": "interactive",
+                "interactive": {
+                    "type": "product_list",
+                    "header": {"type": "text", "text": "h"},
+                    "body": {"text": "b"},
+                    "action": {
+                        "catalog_id": "1",
+                        "sections": [
+                            {
+                                "title": "A",
+                                "product_items": [
+                                    {"product_retailer_id": f"s{i}"} for i in range(31)
+                                ],
+                            }
+                        ],
+                    },
+                },
+            },
+            "message.interactive.action",
+            "too_many_products",
+        ),
+        (
+            {
+                "type": "interactive",
+                "interactive": {
+                    "type": "product_list",
+                    "header": {"type": "text", "text": "h"},
+                    "body": {"text": "b"},
+                    "action": {
+                        "catalog_id": "1",
+                        "sections": [
+                            {"product_items": [{"product_retailer_id": "a"}]},
+                            {"product_items": [{"product_retailer_id": "b"}]},
+                        ],
+                    },
+                },
+            },
+            "message.interactive.action",
+            "section_title",
+        ),
+        (
+            {
+                "type": "interactive",
+                "interactive": {
+                    "type": "location_request_message",
+                    "body": {"text": "b"},
+                    "footer": {"text": "f"},
+                    "action": {"name": "send_location"},
+                },
+            },
+            "message.interactive.footer",
+            "extra_forbidden",
         ),
     ],
 )

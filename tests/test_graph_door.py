@@ -173,12 +173,12 @@ class ToGateway(httpx.BaseTransport):
 async def test_pywa_sends_every_kind_it_builds_through_the_door(
     gateway_server: BackgroundServer, sandbox: SandboxClient, redis: Redis, running_worker: None
 ) -> None:
-    """pywa, unchanged, with the API key as its token: text, text with reply buttons, image,
-    video, audio, document, sticker, location, contact, reaction and template each reach the
-    sandbox's ledger once."""
+    """pywa, unchanged, with the API key as its token: text, reply buttons, image, video,
+    audio, document, sticker, location, contact, reaction, template, location request,
+    catalog, product and product list each reach the sandbox's ledger once."""
     from pywa.client import WhatsApp
     from pywa.types.callback import Button
-    from pywa.types.others import Contact
+    from pywa.types.others import Contact, ProductsSection
     from pywa.types.templates import TemplateLanguage
 
     async with httpx.AsyncClient(base_url=gateway_server.url) as api:
@@ -214,19 +214,30 @@ async def test_pywa_sends_every_kind_it_builds_through_the_door(
             ),
             wa.send_reaction(to=to, emoji="\U0001f44d", message_id="wamid.HBgLMTY1MDU1NTEyMzQ"),
             wa.send_template(to=to, name="hello_world", language=TemplateLanguage.ENGLISH_US),
-        ]
+            wa.request_location(to=to, text="Where should we deliver?"),
+            wa.send_catalog(to=to, body="Our spring collection", thumbnail_product_sku="SKU-1"),
+            wa.send_product(to=to, catalog_id="194836987003835", sku="SKU-1", body="In stock"),
+            wa.send_products(
+                to=to, catalog_id="194836987003835", title="For you", body="Two picks",
+                product_sections=[ProductsSection(title="Shoes", skus=["SKU-1", "SKU-2"])],
+            ),
+        ]  # fmt: skip
         return [message.id for message in sent]
 
     ids = await asyncio.to_thread(send_all)
-    assert len(set(ids)) == 11
+    assert len(set(ids)) == 15
     async with httpx.AsyncClient(base_url=gateway_server.url) as api:
         states = [(await until_final(api, message_id))["state"] for message_id in ids]
     ledger = await sandbox.ledger()
     assert sorted(e["biz_opaque_callback_data"] for e in ledger) == sorted(ids), states
-    kinds = sorted(e["type"] for e in ledger)
+    kinds = sorted(
+        e["body"]["interactive"]["type"] if e["type"] == "interactive" else e["type"]
+        for e in ledger
+    )
     assert kinds == sorted(
-        ["text", "interactive", "image", "video", "audio", "document", "sticker", "location",
-         "contacts", "reaction", "template"]
+        ["text", "button", "image", "video", "audio", "document", "sticker", "location",
+         "contacts", "reaction", "template", "location_request_message", "catalog_message",
+         "product", "product_list"]
     )  # fmt: skip
 
 

@@ -186,6 +186,42 @@ WIRE_VIOLATIONS: list[tuple[dict[str, Any], int]] = [
         },
         100,
     ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {
+                "type": "product_list",
+                "header": {"type": "text", "text": "h"},
+                "body": {"text": "b"},
+                "action": {
+                    "catalog_id": "1",
+                    "sections": [
+                        {
+                            "title": "A",
+                            "product_items": [{"product_retailer_id": f"s{i}"} for i in range(31)],
+                        }
+                    ],
+                },
+            },
+        },
+        100,
+    ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {
+                "type": "location_request_message",
+                "body": {"text": "b"},
+                "footer": {"text": "f"},
+                "action": {"name": "send_location"},
+            },
+        },
+        100,
+    ),
+    (
+        {"type": "interactive", "interactive": {"type": "product", "action": {"catalog_id": "1"}}},
+        131008,
+    ),
     ({"type": "fax", "fax": {}}, 100),
 ]
 
