@@ -1,12 +1,12 @@
 """Interactive messages, with Meta's limits for each kind.
 
 Reply buttons, lists, URL buttons, location requests, the catalog, one product, a product
-list.
+list, and WhatsApp Flows.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
@@ -24,6 +24,10 @@ __all__ = [
     "CtaUrlAction",
     "CtaUrlInteractive",
     "CtaUrlParameters",
+    "FlowAction",
+    "FlowActionPayload",
+    "FlowInteractive",
+    "FlowParameters",
     "Interactive",
     "InteractiveBody",
     "InteractiveFooter",
@@ -342,6 +346,58 @@ class ProductListInteractive(ContractModel):
         return self
 
 
+class FlowActionPayload(ContractModel):
+    """The screen a ``navigate`` flow opens on, and the data it starts with."""
+
+    screen: str = Field(min_length=1)
+    data: dict[str, Any] | None = None
+
+
+class FlowParameters(ContractModel):
+    """Which flow to open (``flow_id`` or ``flow_name``, not both), and how."""
+
+    flow_message_version: Literal["3"] = "3"
+    flow_token: str | None = None
+    flow_id: str | None = Field(default=None, min_length=1)
+    flow_name: str | None = Field(default=None, min_length=1)
+    flow_cta: str = Field(min_length=1, max_length=limits.FLOW_CTA_MAX_CHARS)
+    flow_action: Literal["navigate", "data_exchange"] | None = None
+    flow_action_payload: FlowActionPayload | None = None
+    mode: Literal["published", "draft"] | None = None
+
+    @model_validator(mode="after")
+    def _one_flow_and_a_payload_only_to_navigate(self) -> FlowParameters:
+        if (self.flow_id is None) == (self.flow_name is None):
+            raise PydanticCustomError("flow_reference", "give flow_id or flow_name, not both")
+        if self.flow_action == "data_exchange" and self.flow_action_payload is not None:
+            raise PydanticCustomError(
+                "flow_payload", "flow_action_payload goes only with flow_action navigate"
+            )
+        return self
+
+
+class FlowAction(ContractModel):
+    """Meta names this action ``flow``."""
+
+    name: Literal["flow"] = "flow"
+    parameters: FlowParameters
+
+
+class FlowInteractive(ContractModel):
+    """A WhatsApp Flow behind a button: body up to 1,024 characters."""
+
+    type: Literal["flow"] = "flow"
+    header: InteractiveHeader | None = None
+    body: InteractiveBody
+    footer: InteractiveFooter | None = None
+    action: FlowAction
+
+    @model_validator(mode="after")
+    def _body_length(self) -> FlowInteractive:
+        _body_at_most(self.body, limits.INTERACTIVE_BODY_MAX_CHARS)
+        return self
+
+
 Interactive = Annotated[
     Annotated[ButtonInteractive, Tag("type=button")]
     | Annotated[ListInteractive, Tag("type=list")]
@@ -349,7 +405,8 @@ Interactive = Annotated[
     | Annotated[LocationRequestInteractive, Tag("type=location_request_message")]
     | Annotated[CatalogInteractive, Tag("type=catalog_message")]
     | Annotated[ProductInteractive, Tag("type=product")]
-    | Annotated[ProductListInteractive, Tag("type=product_list")],
+    | Annotated[ProductListInteractive, Tag("type=product_list")]
+    | Annotated[FlowInteractive, Tag("type=flow")],
     by_type(
         "button",
         "list",
@@ -358,5 +415,6 @@ Interactive = Annotated[
         "catalog_message",
         "product",
         "product_list",
+        "flow",
     ),
 ]

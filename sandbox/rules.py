@@ -176,7 +176,7 @@ def _header(header: dict[str, Any], path: str, *, text_only: bool = False) -> No
 
 _INTERACTIVE_KINDS = (
     "button", "list", "cta_url", "location_request_message", "catalog_message", "product",
-    "product_list",
+    "product_list", "flow",
 )  # fmt: skip
 
 
@@ -203,6 +203,8 @@ def _interactive(interactive: dict[str, Any], path: str) -> None:
         _buttons(action, apath)
     elif kind == "list":
         _list(action, apath)
+    elif kind == "flow":
+        _flow(action, apath)
     else:
         if action.get("name") != "cta_url":
             raise invalid(f"{apath}['name']", "must be cta_url")
@@ -250,6 +252,27 @@ def _commerce(interactive: dict[str, Any], kind: str, path: str) -> None:
         ]
         if len(items) > 30:
             raise invalid(f"{apath}['sections']", "must hold at most 30 products in all")
+
+
+def _flow(action: dict[str, Any], path: str) -> None:
+    if action.get("name") != "flow":
+        raise invalid(f"{path}['name']", "must be flow")
+    ppath = f"{path}['parameters']"
+    params = _obj(action, "parameters", path)
+    if params.get("flow_message_version") != "3":
+        raise invalid(f"{ppath}['flow_message_version']", "must be 3")
+    _str(params, "flow_cta", ppath, max_len=20)
+    if ("flow_id" in params) == ("flow_name" in params):
+        raise invalid(ppath, "needs flow_id or flow_name, not both")
+    if params.get("flow_action", "navigate") not in ("navigate", "data_exchange"):
+        raise invalid(f"{ppath}['flow_action']", "must be navigate or data_exchange")
+    payload = params.get("flow_action_payload")
+    if payload is not None:
+        if params.get("flow_action") == "data_exchange":
+            raise invalid(f"{ppath}['flow_action_payload']", "only goes with navigate")
+        _str(
+            _obj(params, "flow_action_payload", ppath), "screen", f"{ppath}['flow_action_payload']"
+        )
 
 
 def _list_of(parent: Any, key: str, path: str) -> list[dict[str, Any]]:

@@ -171,6 +171,25 @@ META_EXAMPLES: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "flow": {
+        "type": "interactive",
+        "interactive": {
+            "type": "flow",
+            "header": {"type": "text", "text": "Book a table"},
+            "body": {"text": "Pick a time that suits you"},
+            "action": {
+                "name": "flow",
+                "parameters": {
+                    "flow_message_version": "3",
+                    "flow_token": "booking-1042",
+                    "flow_id": "1234567890",
+                    "flow_cta": "Book",
+                    "flow_action": "navigate",
+                    "flow_action_payload": {"screen": "WELCOME", "data": {"party": 2}},
+                },
+            },
+        },
+    },
     "reply_context": {
         "type": "text",
         "text": {"body": "Yes, it does."},
@@ -514,6 +533,26 @@ def test_impossible_recipient_is_refused(raw: str) -> None:
             },
             "message.interactive.footer",
             "extra_forbidden",
+        ),
+        (
+            {
+                "type": "interactive",
+                "interactive": {
+                    "type": "flow",
+                    "body": {"text": "b"},
+                    "action": {
+                        "name": "flow",
+                        "parameters": {
+                            "flow_message_version": "3",
+                            "flow_id": "1",
+                            "flow_name": "n",
+                            "flow_cta": "Go",
+                        },
+                    },
+                },
+            },
+            "message.interactive.action.parameters",
+            "flow_reference",
         ),
     ],
 )

@@ -175,9 +175,10 @@ async def test_pywa_sends_every_kind_it_builds_through_the_door(
 ) -> None:
     """pywa, unchanged, with the API key as its token: text, reply buttons, image, video,
     audio, document, sticker, location, contact, reaction, template, location request,
-    catalog, product and product list each reach the sandbox's ledger once."""
+    catalog, product, product list and flow each reach the sandbox's ledger once."""
     from pywa.client import WhatsApp
-    from pywa.types.callback import Button
+    from pywa.types.callback import Button, FlowButton
+    from pywa.types.flows import FlowActionType
     from pywa.types.others import Contact, ProductsSection
     from pywa.types.templates import TemplateLanguage
 
@@ -215,6 +216,12 @@ async def test_pywa_sends_every_kind_it_builds_through_the_door(
             wa.send_reaction(to=to, emoji="\U0001f44d", message_id="wamid.HBgLMTY1MDU1NTEyMzQ"),
             wa.send_template(to=to, name="hello_world", language=TemplateLanguage.ENGLISH_US),
             wa.request_location(to=to, text="Where should we deliver?"),
+            wa.send_message(
+                to=to, text="Book a table",
+                buttons=FlowButton(title="Book", flow_id="1234567890",
+                                   flow_action_type=FlowActionType.NAVIGATE,
+                                   flow_action_screen="WELCOME"),
+            ),
             wa.send_catalog(to=to, body="Our spring collection", thumbnail_product_sku="SKU-1"),
             wa.send_product(to=to, catalog_id="194836987003835", sku="SKU-1", body="In stock"),
             wa.send_products(
@@ -225,7 +232,7 @@ async def test_pywa_sends_every_kind_it_builds_through_the_door(
         return [message.id for message in sent]
 
     ids = await asyncio.to_thread(send_all)
-    assert len(set(ids)) == 15
+    assert len(set(ids)) == 16
     async with httpx.AsyncClient(base_url=gateway_server.url) as api:
         states = [(await until_final(api, message_id))["state"] for message_id in ids]
     ledger = await sandbox.ledger()
@@ -237,7 +244,7 @@ async def test_pywa_sends_every_kind_it_builds_through_the_door(
     assert kinds == sorted(
         ["text", "button", "image", "video", "audio", "document", "sticker", "location",
          "contacts", "reaction", "template", "location_request_message", "catalog_message",
-         "product", "product_list"]
+         "product", "product_list", "flow"]
     )  # fmt: skip
 
 

@@ -222,6 +222,20 @@ WIRE_VIOLATIONS: list[tuple[dict[str, Any], int]] = [
         {"type": "interactive", "interactive": {"type": "product", "action": {"catalog_id": "1"}}},
         131008,
     ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {
+                "type": "flow",
+                "body": {"text": "b"},
+                "action": {
+                    "name": "flow",
+                    "parameters": {"flow_message_version": "3", "flow_cta": "Go"},
+                },
+            },
+        },
+        100,
+    ),
     ({"type": "fax", "fax": {}}, 100),
 ]
 
