@@ -6,7 +6,7 @@ Parameters are positional (``{{1}}``, order matters) or named (``{{first_name}}`
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
@@ -16,8 +16,14 @@ from producer._model import ContractModel, by_type
 from producer.media import Document, Image, Video
 
 __all__ = [
+    "ActionParameter",
+    "ButtonActionData",
     "ButtonComponent",
+    "CardComponent",
+    "CarouselCard",
+    "CarouselComponent",
     "Component",
+    "CouponCodeParameter",
     "Currency",
     "CurrencyParameter",
     "DateTime",
@@ -25,6 +31,9 @@ __all__ = [
     "DocumentParameter",
     "ImageParameter",
     "Language",
+    "LimitedTimeOffer",
+    "LimitedTimeOfferComponent",
+    "LimitedTimeOfferParameter",
     "LocationParameter",
     "Parameter",
     "ParameterLocation",
@@ -120,6 +129,41 @@ class PayloadParameter(_Parameter):
     payload: str = Field(min_length=1)
 
 
+class CouponCodeParameter(_Parameter):
+    """The code a copy-code button copies (up to 15 characters)."""
+
+    type: Literal["coupon_code"] = "coupon_code"
+    coupon_code: str = Field(min_length=1, max_length=limits.COUPON_CODE_MAX_CHARS)
+
+
+class ButtonActionData(ContractModel):
+    """A flow button's token and starting data, or a catalog button's thumbnail."""
+
+    flow_token: str | None = None
+    flow_action_data: dict[str, Any] | None = None
+    thumbnail_product_retailer_id: str | None = None
+
+
+class ActionParameter(_Parameter):
+    """What a flow or catalog button opens with."""
+
+    type: Literal["action"] = "action"
+    action: ButtonActionData
+
+
+class LimitedTimeOffer(ContractModel):
+    """When the offer ends, in Unix milliseconds (the countdown's end)."""
+
+    expiration_time_ms: int = Field(gt=0)
+
+
+class LimitedTimeOfferParameter(_Parameter):
+    """A limited-time offer's expiry."""
+
+    type: Literal["limited_time_offer"] = "limited_time_offer"
+    limited_time_offer: LimitedTimeOffer
+
+
 Parameter = Annotated[
     Annotated[TextParameter, Tag("type=text")]
     | Annotated[CurrencyParameter, Tag("type=currency")]
@@ -128,8 +172,23 @@ Parameter = Annotated[
     | Annotated[VideoParameter, Tag("type=video")]
     | Annotated[DocumentParameter, Tag("type=document")]
     | Annotated[LocationParameter, Tag("type=location")]
-    | Annotated[PayloadParameter, Tag("type=payload")],
-    by_type("text", "currency", "date_time", "image", "video", "document", "location", "payload"),
+    | Annotated[PayloadParameter, Tag("type=payload")]
+    | Annotated[CouponCodeParameter, Tag("type=coupon_code")]
+    | Annotated[ActionParameter, Tag("type=action")]
+    | Annotated[LimitedTimeOfferParameter, Tag("type=limited_time_offer")],
+    by_type(
+        "text",
+        "currency",
+        "date_time",
+        "image",
+        "video",
+        "document",
+        "location",
+        "payload",
+        "coupon_code",
+        "action",
+        "limited_time_offer",
+    ),
 ]
 
 
@@ -187,11 +246,56 @@ class ButtonComponent(ContractModel):
         return self
 
 
-Component = Annotated[
+class LimitedTimeOfferComponent(ContractModel):
+    """A limited-time offer template's countdown: one ``limited_time_offer`` parameter."""
+
+    type: Literal["limited_time_offer"] = "limited_time_offer"
+    parameters: list[Parameter] = Field(min_length=1, max_length=1)
+
+    @model_validator(mode="after")
+    def _an_expiry(self) -> LimitedTimeOfferComponent:
+        if self.parameters[0].type != "limited_time_offer":
+            raise PydanticCustomError(
+                "offer_parameter", "the parameter must be of type limited_time_offer"
+            )
+        return self
+
+
+CardComponent = Annotated[
     Annotated[TemplateHeaderComponent, Tag("type=header")]
     | Annotated[TemplateBodyComponent, Tag("type=body")]
     | Annotated[ButtonComponent, Tag("type=button")],
     by_type("header", "body", "button"),
+]
+
+
+class CarouselCard(ContractModel):
+    """One card: its media header's parameter, and its body's and buttons' if they have any."""
+
+    card_index: int = Field(ge=0, le=limits.CAROUSEL_CARDS_MAX - 1)
+    components: list[CardComponent] = Field(min_length=1)
+
+
+class CarouselComponent(ContractModel):
+    """A media card carousel: up to 10 cards, in order, each index once."""
+
+    type: Literal["carousel"] = "carousel"
+    cards: list[CarouselCard] = Field(min_length=1, max_length=limits.CAROUSEL_CARDS_MAX)
+
+    @model_validator(mode="after")
+    def _indexes_in_order(self) -> CarouselComponent:
+        if [c.card_index for c in self.cards] != list(range(len(self.cards))):
+            raise PydanticCustomError("card_index", "card_index must run 0, 1, 2... in order")
+        return self
+
+
+Component = Annotated[
+    Annotated[TemplateHeaderComponent, Tag("type=header")]
+    | Annotated[TemplateBodyComponent, Tag("type=body")]
+    | Annotated[ButtonComponent, Tag("type=button")]
+    | Annotated[LimitedTimeOfferComponent, Tag("type=limited_time_offer")]
+    | Annotated[CarouselComponent, Tag("type=carousel")],
+    by_type("header", "body", "button", "limited_time_offer", "carousel"),
 ]
 
 
@@ -214,7 +318,7 @@ class Template(ContractModel):
     @model_validator(mode="after")
     def _one_header_and_body(self) -> Template:
         kinds = [c.type for c in self.components or ()]
-        for kind in ("header", "body"):
+        for kind in ("header", "body", "limited_time_offer", "carousel"):
             if kinds.count(kind) > 1:
                 raise PydanticCustomError(
                     "duplicate_component", "at most one {kind} component", {"kind": kind}

@@ -333,24 +333,38 @@ def _template(template: dict[str, Any], path: str) -> None:
     if not isinstance(components, list):
         raise invalid(f"{path}['components']", "must be a list")
     for i, component in enumerate(components):
-        cpath = f"{path}['components'][{i}]"
-        if not isinstance(component, dict) or component.get("type") not in (
-            "header",
-            "body",
-            "button",
-        ):
-            raise invalid(f"{cpath}['type']", "must be one of {header, body, button}")
-        params = component.get("parameters", [])
-        if not isinstance(params, list):
-            raise invalid(f"{cpath}['parameters']", "must be a list")
-        for j, param in enumerate(params):
-            if not isinstance(param, dict) or not isinstance(param.get("type"), str):
-                raise missing(f"{cpath}['parameters'][{j}]['type']")
-            if param["type"] not in param:
-                raise missing(f"{cpath}['parameters'][{j}]['{param['type']}']")
-        named = [isinstance(p, dict) and "parameter_name" in p for p in params]
-        if any(named) and not all(named):
-            raise invalid_value(f"{cpath}['parameters']", "mixes named and positional parameters")
+        _template_component(component, f"{path}['components'][{i}]", in_card=False)
+
+
+_COMPONENT_KINDS = ("header", "body", "button", "limited_time_offer", "carousel")
+
+
+def _template_component(component: Any, cpath: str, *, in_card: bool) -> None:
+    kinds = _COMPONENT_KINDS[:3] if in_card else _COMPONENT_KINDS
+    if not isinstance(component, dict) or component.get("type") not in kinds:
+        raise invalid(f"{cpath}['type']", "must be one of {" + ", ".join(kinds) + "}")
+    if component["type"] == "carousel":
+        cards = component.get("cards")
+        if not isinstance(cards, list) or not 1 <= len(cards) <= 10:
+            raise invalid(f"{cpath}['cards']", "must have between 1 and 10 cards")
+        for k, card in enumerate(cards):
+            kpath = f"{cpath}['cards'][{k}]"
+            if not isinstance(card, dict) or card.get("card_index") != k:
+                raise invalid(f"{kpath}['card_index']", f"must be {k}")
+            for m, inner in enumerate(_list_of(card, "components", kpath)):
+                _template_component(inner, f"{kpath}['components'][{m}]", in_card=True)
+        return
+    params = component.get("parameters", [])
+    if not isinstance(params, list):
+        raise invalid(f"{cpath}['parameters']", "must be a list")
+    for j, param in enumerate(params):
+        if not isinstance(param, dict) or not isinstance(param.get("type"), str):
+            raise missing(f"{cpath}['parameters'][{j}]['type']")
+        if param["type"] not in param:
+            raise missing(f"{cpath}['parameters'][{j}]['{param['type']}']")
+    named = [isinstance(p, dict) and "parameter_name" in p for p in params]
+    if any(named) and not all(named):
+        raise invalid_value(f"{cpath}['parameters']", "mixes named and positional parameters")
 
 
 def template_body_parameter_count(template: dict[str, Any]) -> int:

@@ -190,6 +190,84 @@ META_EXAMPLES: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "template_offer_and_coupon": {
+        "type": "template",
+        "template": {
+            "name": "spring_sale",
+            "language": {"code": "en_US"},
+            "components": [
+                {
+                    "type": "header",
+                    "parameters": [{"type": "image", "image": {"link": "https://host/sale.jpg"}}],
+                },
+                {
+                    "type": "limited_time_offer",
+                    "parameters": [
+                        {
+                            "type": "limited_time_offer",
+                            "limited_time_offer": {"expiration_time_ms": 1798761600000},
+                        }
+                    ],
+                },
+                {
+                    "type": "button",
+                    "sub_type": "copy_code",
+                    "index": 0,
+                    "parameters": [{"type": "coupon_code", "coupon_code": "SPRING25"}],
+                },
+                {
+                    "type": "button",
+                    "sub_type": "flow",
+                    "index": "1",
+                    "parameters": [
+                        {
+                            "type": "action",
+                            "action": {
+                                "flow_token": "sale-1",
+                                "flow_action_data": {"tier": "gold"},
+                            },
+                        }
+                    ],
+                },
+            ],
+        },
+    },
+    "template_carousel": {
+        "type": "template",
+        "template": {
+            "name": "summer_picks",
+            "language": {"code": "en"},
+            "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": "Pablo"}]},
+                {
+                    "type": "carousel",
+                    "cards": [
+                        {
+                            "card_index": i,
+                            "components": [
+                                {
+                                    "type": "header",
+                                    "parameters": [
+                                        {
+                                            "type": "image",
+                                            "image": {"link": f"https://host/{i}.png"},
+                                        }
+                                    ],
+                                },
+                                {
+                                    "type": "button",
+                                    "sub_type": "quick_reply",
+                                    "index": 0,
+                                    "parameters": [{"type": "payload", "payload": f"card-{i}"}],
+                                },
+                            ],
+                        }
+                        for i in range(3)
+                    ],
+                },
+            ],
+        },
+    },
     "reply_context": {
         "type": "text",
         "text": {"body": "Yes, it does."},
@@ -554,6 +632,52 @@ def test_impossible_recipient_is_refused(raw: str) -> None:
             "message.interactive.action.parameters",
             "flow_reference",
         ),
+        (
+            {
+                "type": "template",
+                "template": {
+                    "name": "t",
+                    "language": {"code": "en"},
+                    "components": [
+                        {
+                            "type": "carousel",
+                            "cards": [
+                                {
+                                    "card_index": 1,
+                                    "components": [
+                                        {
+                                            "type": "body",
+                                            "parameters": [{"type": "text", "text": "x"}],
+                                        }
+                                    ],
+                                }
+                            ],
+                        }
+                    ],
+                },
+            },
+            "message.template.components.0",
+            "card_index",
+        ),
+        (
+            {
+                "type": "template",
+                "template": {
+                    "name": "t",
+                    "language": {"code": "en"},
+                    "components": [
+                        {
+                            "type": "button",
+                            "sub_type": "copy_code",
+                            "index": 0,
+                            "parameters": [{"type": "coupon_code", "coupon_code": "X" * 16}],
+                        }
+                    ],
+                },
+            },
+            "message.template.components.0.parameters.0.coupon_code",
+            "string_too_long",
+        ),
     ],
 )
 def test_rule_violation_names_field_and_rule(
@@ -607,4 +731,6 @@ def test_templates_are_the_only_kind_allowed_outside_the_window() -> None:
     assert {name for name, is_template in kinds.items() if is_template} == {
         "template",
         "template_named",
+        "template_offer_and_coupon",
+        "template_carousel",
     }

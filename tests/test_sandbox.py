@@ -236,6 +236,30 @@ WIRE_VIOLATIONS: list[tuple[dict[str, Any], int]] = [
         },
         100,
     ),
+    (
+        {
+            "type": "template",
+            "template": {
+                "name": "t",
+                "language": {"code": "en"},
+                "components": [
+                    {
+                        "type": "carousel",
+                        "cards": [
+                            {
+                                "card_index": i,
+                                "components": [
+                                    {"type": "body", "parameters": [{"type": "text", "text": "x"}]}
+                                ],
+                            }
+                            for i in range(11)
+                        ],
+                    }
+                ],
+            },
+        },
+        100,
+    ),
     ({"type": "fax", "fax": {}}, 100),
 ]
 
