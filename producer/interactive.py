@@ -1,7 +1,7 @@
 """Interactive messages, with Meta's limits for each kind.
 
 Reply buttons, lists, URL buttons, location requests, the catalog, one product, a product
-list, and WhatsApp Flows.
+list, WhatsApp Flows and address requests.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from producer._model import ContractModel, by_type
 from producer.media import Document, Image, Video
 
 __all__ = [
+    "AddressAction",
+    "AddressInteractive",
+    "AddressParameters",
     "ButtonAction",
     "ButtonInteractive",
     "CatalogAction",
@@ -398,6 +401,37 @@ class FlowInteractive(ContractModel):
         return self
 
 
+class AddressParameters(ContractModel):
+    """The country whose address form opens (Meta: India and Singapore), and what fills it."""
+
+    country: Literal["IN", "SG"]
+    values: dict[str, Any] | None = None
+    saved_addresses: list[dict[str, Any]] | None = None
+    validation_errors: dict[str, Any] | None = None
+
+
+class AddressAction(ContractModel):
+    """Meta names this action ``address_message``."""
+
+    name: Literal["address_message"] = "address_message"
+    parameters: AddressParameters
+
+
+class AddressInteractive(ContractModel):
+    """Asks for a delivery address in a native form: body up to 1,024 characters."""
+
+    type: Literal["address_message"] = "address_message"
+    header: InteractiveHeader | None = None
+    body: InteractiveBody
+    footer: InteractiveFooter | None = None
+    action: AddressAction
+
+    @model_validator(mode="after")
+    def _body_length(self) -> AddressInteractive:
+        _body_at_most(self.body, limits.INTERACTIVE_BODY_MAX_CHARS)
+        return self
+
+
 Interactive = Annotated[
     Annotated[ButtonInteractive, Tag("type=button")]
     | Annotated[ListInteractive, Tag("type=list")]
@@ -406,7 +440,8 @@ Interactive = Annotated[
     | Annotated[CatalogInteractive, Tag("type=catalog_message")]
     | Annotated[ProductInteractive, Tag("type=product")]
     | Annotated[ProductListInteractive, Tag("type=product_list")]
-    | Annotated[FlowInteractive, Tag("type=flow")],
+    | Annotated[FlowInteractive, Tag("type=flow")]
+    | Annotated[AddressInteractive, Tag("type=address_message")],
     by_type(
         "button",
         "list",
@@ -416,5 +451,6 @@ Interactive = Annotated[
         "product",
         "product_list",
         "flow",
+        "address_message",
     ),
 ]

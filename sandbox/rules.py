@@ -176,7 +176,7 @@ def _header(header: dict[str, Any], path: str, *, text_only: bool = False) -> No
 
 _INTERACTIVE_KINDS = (
     "button", "list", "cta_url", "location_request_message", "catalog_message", "product",
-    "product_list", "flow",
+    "product_list", "flow", "address_message",
 )  # fmt: skip
 
 
@@ -205,6 +205,8 @@ def _interactive(interactive: dict[str, Any], path: str) -> None:
         _list(action, apath)
     elif kind == "flow":
         _flow(action, apath)
+    elif kind == "address_message":
+        _address(action, apath)
     else:
         if action.get("name") != "cta_url":
             raise invalid(f"{apath}['name']", "must be cta_url")
@@ -252,6 +254,13 @@ def _commerce(interactive: dict[str, Any], kind: str, path: str) -> None:
         ]
         if len(items) > 30:
             raise invalid(f"{apath}['sections']", "must hold at most 30 products in all")
+
+
+def _address(action: dict[str, Any], path: str) -> None:
+    if action.get("name") != "address_message":
+        raise invalid(f"{path}['name']", "must be address_message")
+    if _obj(action, "parameters", path).get("country") not in ("IN", "SG"):
+        raise invalid(f"{path}['parameters']['country']", "must be IN or SG")
 
 
 def _flow(action: dict[str, Any], path: str) -> None:

@@ -268,6 +268,17 @@ META_EXAMPLES: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "address": {
+        "type": "interactive",
+        "interactive": {
+            "type": "address_message",
+            "body": {"text": "Where should we deliver?"},
+            "action": {
+                "name": "address_message",
+                "parameters": {"country": "IN", "values": {"name": "Asha", "city": "Pune"}},
+            },
+        },
+    },
     "reply_context": {
         "type": "text",
         "text": {"body": "Yes, it does."},
