@@ -14,7 +14,9 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -25,7 +27,70 @@ from producer.errors import FieldError, InvalidRequest, WaqError
 
 log = structlog.get_logger("waq.gateway")
 
-__all__ = ["ApiError", "Conflict", "NotFound", "Unauthorized", "install_error_handlers"]
+__all__ = [
+    "ApiError",
+    "Conflict",
+    "ErrorBody",
+    "NotFound",
+    "Unauthorized",
+    "install_error_handlers",
+    "install_openapi",
+]
+
+
+class FieldErrorOut(BaseModel):
+    """One broken rule, as every 4xx names it."""
+
+    field: str
+    rule: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """waq's error shape: a machine-readable code, a sentence, the first field at fault."""
+
+    error: str
+    detail: str
+    field: str | None = None
+    errors: list[FieldErrorOut] | None = None
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Declare waq's error body for every 422 in the OpenAPI document.
+
+    FastAPI declares its own ``HTTPValidationError`` there, a shape the gateway never
+    answers with (its handlers render every error as ``ErrorBody``); clients generated from
+    the document would then fail to parse the real answers.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        components["ErrorBody"] = ErrorBody.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        components.update(components["ErrorBody"].pop("$defs", {}))
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                if "422" in operation.get("responses", {}):
+                    operation["responses"]["422"] = {
+                        "description": "A field broke a rule: the error names it",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorBody"}
+                            }
+                        },
+                    }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 class ApiError(WaqError):
@@ -68,6 +133,16 @@ def error_body(code: str, detail: str, field: str | None = None, **extra: Any) -
 def _from_validation(exc: RequestValidationError) -> InvalidRequest:
     errors = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            # FastAPI puts the character offset where a field would go ("field": "6").
+            at = next((p for p in err.get("loc", ()) if isinstance(p, int)), None)
+            where = f" (at character {at})" if at is not None else ""
+            errors.append(
+                FieldError(
+                    field="(body)", rule="json_invalid", message=f"the body is not JSON{where}"
+                )
+            )
+            continue
         loc = [
             str(p)
             for p in err.get("loc", ())
@@ -151,3 +226,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidRequest, invalid)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    install_openapi(app)  # the document declares the shape these handlers answer with

@@ -162,7 +162,31 @@ async def test_non_json_body_is_a_clear_422(api: httpx.AsyncClient) -> None:
         "/v1/messages", content=b"{nope", headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 422
-    assert response.json()["error"] == "invalid_request"
+    body = response.json()
+    assert body["error"] == "invalid_request"
+    assert (body["field"], body["errors"][0]["rule"]) == ("(body)", "json_invalid")
+    assert "not JSON (at character 1)" in body["detail"]  # not "field": "1", an offset
+
+
+async def test_the_openapi_document_declares_the_error_body_the_gateway_answers_with(
+    api: httpx.AsyncClient,
+) -> None:
+    """Every 422 in the document is waq's {error, detail, field, errors}, as a real refusal
+    is; FastAPI's HTTPValidationError, never sent, is gone."""
+    spec = (await api.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    assert set(schemas["ErrorBody"]["properties"]) == {"error", "detail", "field", "errors"}
+    declared = [
+        operation["responses"]["422"]["content"]["application/json"]["schema"]
+        for path in spec["paths"].values()
+        for operation in path.values()
+        if "422" in operation["responses"]
+    ]
+    assert declared
+    assert all(d == {"$ref": "#/components/schemas/ErrorBody"} for d in declared)
+    refused = await api.post("/v1/messages", json={"to": CUSTOMER})
+    assert set(refused.json()) <= set(schemas["ErrorBody"]["properties"])
 
 
 async def test_batch_answers_per_item(api: httpx.AsyncClient, redis: Redis) -> None:
