@@ -74,9 +74,7 @@ class RequestGuard:
                 await _meta_answer(send, 400, 2500, _NO_TOKEN)
                 return
             if not self.key_matches(key):
-                await _meta_answer(
-                    send, 401, 190, "Invalid OAuth access token - Cannot parse access token"
-                )
+                await _meta_answer(send, 401, 190, _BAD_TOKEN)
                 return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
