@@ -204,7 +204,11 @@ async def send_batch(body: BatchIn, state: State) -> BatchOut:
     for index, found in refused.items():
         results.append(BatchItem(index=index, error=_item_error(InvalidRequest(found))))
     valid = [(i, r) for i, r in valid if i not in refused]
-    enqueued = await state.producer.enqueue_many([request for _, request in valid]) if valid else []
+    enqueued = (
+        await state.producer.enqueue_many([r for _, r in valid], check_templates=False)
+        if valid
+        else []
+    )  # the templates were checked item by item above
     for (index, request), e in zip(valid, enqueued, strict=True):
         if e.key_reused:
             reused = IdempotencyKeyReused(str(request.idempotency_key), e.message_id)

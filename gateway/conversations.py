@@ -77,18 +77,6 @@ class ConversationStore:
         """The conversation id of two numbers, in this deployment."""
         return conversation_id_for(phone_number_id, wa_id, key=await self.key())
 
-    async def touch(
-        self, phone_number_id: str, wa_id: str, *, at: float, profile_name: str | None
-    ) -> str:
-        """Create the conversation if new; return its id."""
-        conversation_id = await self.id_for(phone_number_id, wa_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self.touch_into(
-                pipe, conversation_id, phone_number_id, wa_id, profile_name=profile_name
-            )
-            await pipe.execute()
-        return conversation_id
-
     @staticmethod
     def touch_into(
         pipe: Pipeline,
@@ -98,7 +86,7 @@ class ConversationStore:
         *,
         profile_name: str | None,
     ) -> None:
-        """Queue ``touch``'s writes on a caller's pipeline (the id from ``id_for``)."""
+        """Queue the writes that create the conversation if new (the id from ``id_for``)."""
         key = keys.conversation(conversation_id)
         fields: dict[str, Any] = {"phone_number_id": phone_number_id, "wa_id": wa_id}
         if profile_name:

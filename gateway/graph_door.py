@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
@@ -20,13 +19,14 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from gateway.meta_envelope import meta_error
 from gateway.state import GatewayState, gateway_state
 from producer.errors import IdempotencyKeyReused
 from producer.recipient import wa_id_of
 from producer.request import SendRequest
 from worker.runner import MARK_READ_FUNCTION
 
-__all__ = ["GRAPH_DOOR_PATH", "fold_meta_body", "graph_door", "meta_error"]
+__all__ = ["GRAPH_DOOR_PATH", "fold_meta_body", "graph_door"]
 
 GRAPH_DOOR_PATH: Final = r"^/v[0-9]+\.[0-9]+/[0-9]{1,32}/messages$"
 """The door's paths (the request guard authenticates them with a Bearer key too)."""
@@ -41,20 +41,6 @@ _READ_TIMEOUT_S: Final = 10
 
 graph_door = APIRouter(tags=["Graph-compatible"])
 State = Annotated[GatewayState, Depends(gateway_state)]
-
-
-def meta_error(
-    status: int, code: int, message: str, details: str, *, error_type: str = "OAuthException"
-) -> JSONResponse:
-    """Meta's error envelope, as its Graph API answers a refused request."""
-    error: dict[str, Any] = {
-        "message": message,
-        "type": error_type,
-        "code": code,
-        "error_data": {"messaging_product": "whatsapp", "details": details},
-        "fbtrace_id": "waq" + secrets.token_urlsafe(12),
-    }
-    return JSONResponse({"error": error}, status_code=status)
 
 
 def fold_meta_body(body: dict[str, Any]) -> dict[str, Any]:

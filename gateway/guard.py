@@ -17,6 +17,8 @@ from typing import Final
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.meta_envelope import meta_error
+
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "BodyTooLarge", "RequestGuard"]
 
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
@@ -71,10 +73,10 @@ class RequestGuard:
             key = bearer.removeprefix("Bearer ") if bearer.startswith("Bearer ") else None
             key = key or headers.get("x-api-key")
             if key is None:
-                await _meta_answer(send, 400, 2500, _NO_TOKEN)
+                await meta_error(400, 2500, _NO_TOKEN, "no access token")(scope, receive, send)
                 return
             if not self.key_matches(key):
-                await _meta_answer(send, 401, 190, _BAD_TOKEN)
+                await meta_error(401, 190, _BAD_TOKEN, "unknown key")(scope, receive, send)
                 return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
@@ -118,12 +120,6 @@ _NO_TOKEN: Final = (
     "An active access token must be used to query information about the current user."  # noqa: S105
 )
 _BAD_TOKEN: Final = "Invalid OAuth access token - Cannot parse access token"  # noqa: S105
-
-
-async def _meta_answer(send: Send, status: int, code: int, message: str) -> None:
-    """Meta's OAuth error envelope (the Graph-compatible door speaks Meta's errors)."""
-    error = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "waq"}
-    await _write(send, status, json.dumps({"error": error}).encode())
 
 
 async def _answer(send: Send, status: int, code: str, detail: str, field: str | None) -> None:

@@ -193,12 +193,14 @@ class WebhookProcessor:
         result: WebhookResult,
     ) -> None:
         wa_id, message_id, at = message.get("from"), message.get("id"), _timestamp(message)
+        # Encoded once: checked (valid UTF-8, a sane size) and then published as it is.
+        encoded = _text_or_none(json.dumps(message, ensure_ascii=False), _MAX_MESSAGE_CHARS)
         if not (
             isinstance(wa_id, str)
             and _WA_ID.match(wa_id)
             and _text_or_none(message_id)
             and at is not None
-            and _text_or_none(json.dumps(message, ensure_ascii=False), _MAX_MESSAGE_CHARS)
+            and encoded is not None
         ):
             result.unknown += 1
             log.warning("webhook.malformed", kind="message", id=_text_or_none(message_id))
@@ -216,7 +218,7 @@ class WebhookProcessor:
                     "conversation_id": conversation_id,
                     "phone_number_id": phone_number_id,
                     "wa_id": str(wa_id),
-                    "message": json.dumps(message),
+                    "message": encoded,
                 },
                 maxlen=_STREAM_MAXLEN,
                 approximate=True,

@@ -176,16 +176,21 @@ class Producer:
         return result
 
     async def enqueue_many(
-        self, requests: Iterable[SendRequest | Mapping[str, Any]]
+        self,
+        requests: Iterable[SendRequest | Mapping[str, Any]],
+        *,
+        check_templates: bool = True,
     ) -> list[Enqueued]:
         """Validate all, then enqueue all in one round trip; one invalid request enqueues none.
 
         ``InvalidRequest`` names each bad field with the request's index: ``[3].to``. A
         request whose idempotency key was used for a different request is not enqueued: its
-        answer says ``key_reused`` (and names the first message).
+        answer says ``key_reused`` (and names the first message). ``check_templates=False``
+        skips the catalog check, for a caller that checked each request itself.
         """
         valid = _validate_all(list(requests))
-        await self._check_templates(valid)
+        if check_templates:
+            await self._check_templates(valid)
         now_ms = int(time.time() * 1000)
         ttl_ms = self.statuses.retention_s * 1000
         ids = []
