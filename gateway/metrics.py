@@ -50,10 +50,16 @@ class QueueMetrics(Collector):
         if overview is None:
             return
         yield GaugeMetricFamily(
-            "waq_queue_depth", "Send jobs in the queue, due now or deferred.", overview.queue_depth
+            "waq_queue_depth", "Messages not yet final, due now or later.", overview.queue_depth
         )
-        yield GaugeMetricFamily("waq_queue_due", "Send jobs due now.", overview.queue_due)
-        yield GaugeMetricFamily("waq_in_flight", "Jobs a worker holds now.", overview.in_flight)
+        yield GaugeMetricFamily(
+            "waq_queue_due",
+            "Messages due now (conversation heads whose time came).",
+            overview.queue_due,
+        )
+        yield GaugeMetricFamily(
+            "waq_in_flight", "Lane jobs a worker holds now.", overview.in_flight
+        )
         yield GaugeMetricFamily(
             "waq_workers_alive", "1 when a worker polls the queue.", int(overview.workers_alive)
         )

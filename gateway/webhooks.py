@@ -257,14 +257,19 @@ class WebhookProcessor:
             return
         at = _timestamp(status)
 
+        transitions = self.dead_letters.transitions
+
         async def apply(pipe: Pipeline) -> None:
-            await self.statuses.record(message_id, state, wamid=wamid, at=at, pipe=pipe)
+            await transitions.record(message_id, state, wamid=wamid, at=at, pipe=pipe)
             if at is not None:  # the number works: older failure reports cannot pause it
                 await self.pauses.note_success_into(pipe, phone_number_id, at)
 
-        if await self._apply_once("status", item_id, apply) is None:
+        answers = await self._apply_once("status", item_id, apply)
+        if answers is None:
             result.duplicates += 1
             return
+        # An unknown outcome reconciled: the conversation's next message may go.
+        await transitions.apply_answer(answers[0])
         result.statuses += 1
 
     async def _failed(
@@ -325,7 +330,8 @@ class WebhookProcessor:
         if answers is None:
             result.duplicates += 1
             return
-        paused, added = (answers[0], answers[1]) if pauses else (None, answers[0])
+        paused, answer = (answers[0], answers[1]) if pauses else (None, answers[0])
+        added, _ = await self.dead_letters.transitions.apply_answer(answer)
         if paused == 1:
             log.error("alert.number_paused", reason=rule.hint, code=code, source="webhook")
         if not added:

@@ -3,7 +3,7 @@
 Services depend on this package alone; it imports nothing else of waq's.
 """
 
-from producer.client import SEND_FUNCTION, Enqueued, Producer, message_id_for
+from producer.client import Enqueued, Producer, message_id_for
 from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest, WaqError
 from producer.interactive import (
     ButtonInteractive,
@@ -38,14 +38,18 @@ from producer.status import FINAL_STATES, MessageState, MessageStatus, StatusEve
 from producer.status_store import StatusStore
 from producer.template import Language, Template
 from producer.template_catalog import CatalogTemplate, TemplateCatalog
+from producer.transitions import LANE_FUNCTION, Claim, Claimed, ClaimLimits, Outcome, Transitions
 
 __all__ = [
     "FINAL_STATES",
-    "SEND_FUNCTION",
+    "LANE_FUNCTION",
     "Audio",
     "AudioMessage",
     "ButtonInteractive",
     "CatalogTemplate",
+    "Claim",
+    "ClaimLimits",
+    "Claimed",
     "Contact",
     "ContactsMessage",
     "Context",
@@ -68,6 +72,7 @@ __all__ = [
     "Message",
     "MessageState",
     "MessageStatus",
+    "Outcome",
     "Producer",
     "Reaction",
     "ReactionMessage",
@@ -81,6 +86,7 @@ __all__ = [
     "TemplateMessage",
     "Text",
     "TextMessage",
+    "Transitions",
     "Video",
     "VideoMessage",
     "WaqError",

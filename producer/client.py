@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Self
+from typing import Any, Self
 
-from arq.jobs import serialize_job
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry as RedisRetry
@@ -25,41 +23,9 @@ from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
 from producer.template_catalog import TemplateCatalog
+from producer.transitions import Transitions
 
-__all__ = ["SEND_FUNCTION", "Enqueued", "Producer", "message_id_for", "reconnecting"]
-
-SEND_FUNCTION: Final = "send_message"
-"""The worker function's name: jobs are enqueued by name, so producers need no worker code."""
-
-# Creates the status record and the arq job together, appends the message to its
-# conversation's order list and notes its sender number (keys.SENDERS), or does nothing
-# when the message id already has a record (an idempotent repeat; '!state' when the record
-# was made by a different request under the same key). A message behind
-# another in its conversation is scheduled ``order_wait_s`` out: the one before wakes it
-# when it is final (worker.ordering), so queued conversations cost no polling, and the
-# delay is only a safety net.
-# A script rather than arq's enqueue_job
-# because arq's WATCH/MULTI takes three round trips and cannot write our record atomically;
-# the job it writes is arq's own format (serialize_job), so arq's worker runs it unchanged.
-_ENQUEUE: Final = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state then
-  local first = redis.call('HGET', KEYS[1], 'request_hash')
-  if first and first ~= ARGV[9] then return '!' .. state end
-  return state
-end
-redis.call('HSET', KEYS[1], 'request_hash', ARGV[9], unpack(ARGV, 10))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('RPUSH', KEYS[2], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
-local score = tonumber(ARGV[2])
-if redis.call('RPUSH', KEYS[5], ARGV[6]) > 1 then score = score + tonumber(ARGV[7]) end
-redis.call('EXPIRE', KEYS[5], ARGV[4])
-redis.call('ZADD', KEYS[4], score, ARGV[6])
-redis.call('SADD', KEYS[6], ARGV[8])
-return false
-"""
+__all__ = ["Enqueued", "Producer", "message_id_for", "reconnecting"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,20 +72,6 @@ def message_id_for(phone_number_id: str, idempotency_key: str | None) -> str:
     return "m_" + digest[:32]
 
 
-def job_payload(message_id: str, request: SendRequest | dict[str, Any]) -> bytes:
-    """arq's job record for one send, JSON-encoded."""
-    if isinstance(request, SendRequest):
-        request = request.model_dump(mode="json", exclude_none=True)
-    return serialize_job(
-        SEND_FUNCTION,
-        (),
-        {"message_id": message_id, "request": request},
-        None,
-        int(time.time() * 1000),
-        serializer=json_serializer,
-    )
-
-
 def _fingerprint(payload: dict[str, Any]) -> str:
     """A request's identity for idempotency: the same request always hashes the same."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -143,16 +95,14 @@ class Producer:
         *,
         queue_name: str = keys.DEFAULT_QUEUE,
         retention_s: int = 7 * 24 * 3600,
-        order_wait_s: float = 30.0,
         owns_redis: bool = False,
     ) -> None:
         self.redis = redis
         self.queue_name = queue_name
-        self.order_wait_s = order_wait_s
         self.statuses = StatusStore(redis, retention_s=retention_s)
+        self.transitions = Transitions(redis, retention_s=retention_s, queue_name=queue_name)
         self.templates = TemplateCatalog(redis)
         self._owns_redis = owns_redis
-        self._enqueue_script = redis.register_script(_ENQUEUE)
 
     @classmethod
     def connect(cls, redis_url: str, **kwargs: Any) -> Self:
@@ -189,10 +139,10 @@ class Producer:
         skips the catalog check, for a caller that checked each request itself.
         """
         valid = _validate_all(list(requests))
+        if not valid:
+            return []
         if check_templates:
             await self._check_templates(valid)
-        now_ms = int(time.time() * 1000)
-        ttl_ms = self.statuses.retention_s * 1000
         ids = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for request in valid:
@@ -200,42 +150,35 @@ class Producer:
                 ids.append(message_id)
                 payload = request.model_dump(mode="json", exclude_none=True)
                 fields, event = self.statuses.new_record(request, payload)
-                flat = [item for pair in fields.items() for item in pair]
-                await self._enqueue_script(
-                    keys=[
-                        keys.message(message_id),
-                        keys.message_history(message_id),
-                        keys.ARQ_JOB_PREFIX + message_id,
-                        self.queue_name,
-                        keys.order(request.phone_number_id, request.wa_id),
-                        keys.SENDERS,
-                    ],
-                    args=[
-                        job_payload(message_id, payload),
-                        now_ms,
-                        ttl_ms,
-                        self.statuses.retention_s,
-                        event,
-                        message_id,
-                        int(self.order_wait_s * 1000),
-                        request.phone_number_id,
-                        _fingerprint(payload),
-                        *flat,
-                    ],
-                    client=pipe,
+                await self.transitions.enqueue_into(
+                    pipe,
+                    message_id,
+                    phone_number_id=request.phone_number_id,
+                    wa_id=request.wa_id,
+                    fingerprint=_fingerprint(payload),
+                    event=event,
+                    fields=fields,
                 )
-            answers = await pipe.execute()
+            # How operators' commands tell a number waq knows from a typo.
+            pipe.sadd(keys.SENDERS, *{request.phone_number_id for request in valid})
+            answers = (await pipe.execute())[:-1]
         results = []
-        for message_id, answer in zip(ids, answers, strict=True):
-            state = _text(answer or b"queued")
+        tokens = []
+        for message_id, request, answer in zip(ids, valid, answers, strict=True):
+            state, token = self.transitions.parse_enqueue(answer)
+            if token is not None:
+                tokens.append((request.phone_number_id, token))
             results.append(
                 Enqueued(
                     message_id,
-                    created=answer is None,
-                    state=MessageState(state.removeprefix("!")),
-                    key_reused=state.startswith("!"),
+                    created=state is None,
+                    state=MessageState((state or "queued").removeprefix("!")),
+                    key_reused=(state or "").startswith("!"),
                 )
             )
+        # An idle lane just got its first message: start its job (a second round trip, only
+        # then; a lane whose job is already running picks the message up by itself).
+        await self.transitions.start_lanes(tokens)
         return results
 
     async def _check_templates(self, requests: list[SendRequest]) -> None:
@@ -279,7 +222,3 @@ def _validate_all(requests: list[SendRequest | Mapping[str, Any]]) -> list[SendR
     if errors:
         raise InvalidRequest(errors)
     return valid
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

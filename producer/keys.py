@@ -20,6 +20,8 @@ __all__ = [
     "WEBHOOK_SEEN",
     "conversation",
     "dead_letter",
+    "lane",
+    "lane_job",
     "message",
     "message_history",
     "wamid",
@@ -72,7 +74,7 @@ def dead_letter(message_id: str) -> str:
 
 def window(phone_number_id: str, wa_id: str) -> str:
     """string, unix time (s) of the customer's last inbound message; expires with the window."""
-    return f"waq:window:{phone_number_id}:{wa_id}"
+    return f"waq:{{{phone_number_id}}}:window:{wa_id}"
 
 
 def wamid(wamid_: str) -> str:
@@ -102,20 +104,42 @@ RATE_LIMITS: Final = "waq:rate:mps"
 
 
 def order(phone_number_id: str, wa_id: str) -> str:
-    """list, the conversation's unfinished message ids in enqueue order; TTL = retention, s."""
-    return f"waq:order:{phone_number_id}:{wa_id}"
+    """list, the conversation's unfinished message ids in enqueue order; TTL = retention, s.
+
+    Its head, and only its head, is in the sender's lane.
+    """
+    return f"waq:{{{phone_number_id}}}:order:{wa_id}"
+
+
+def lane(phone_number_id: str) -> str:
+    """zset, the sender's lane: each conversation's head, scored by when it is due (unix ms).
+
+    A claimed message stays in it, scored at its claim deadline: a crashed worker's claims
+    come due again. No TTL: emptied as messages become final.
+    """
+    return f"waq:{{{phone_number_id}}}:lane"
+
+
+def lane_job(phone_number_id: str) -> str:
+    """hash, the lane's job: {token, until, n, pending}; no TTL.
+
+    ``token`` names the one lane job that may claim (absent: the lane is idle, and the next
+    message starts a job); ``until`` is set while that job sleeps; ``n`` numbers the tokens;
+    ``pending`` counts the sender's messages not yet final.
+    """
+    return f"waq:{{{phone_number_id}}}:lane:job"
 
 
 def number_rate(phone_number_id: str) -> str:
     """string, GCRA theoretical arrival time (unix s) of the number's next slot; short TTL."""
-    return f"waq:rate:number:{phone_number_id}"
+    return f"waq:{{{phone_number_id}}}:rate:number"
 
 
 def pair_rate(phone_number_id: str, wa_id: str) -> str:
     """string, GCRA theoretical arrival time (unix s) of the pair's next slot; short TTL."""
-    return f"waq:rate:pair:{phone_number_id}:{wa_id}"
+    return f"waq:{{{phone_number_id}}}:rate:pair:{wa_id}"
 
 
 def slowdown(scope: str) -> str:
     """hash, {factor, at}: a rate divisor after Meta throttled ``scope`` (a number or "app")."""
-    return f"waq:rate:slowdown:{scope}"
+    return f"waq:{{{scope}}}:rate:slowdown"

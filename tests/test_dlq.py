@@ -219,9 +219,9 @@ async def test_export_writes_json_lines_and_keeps_the_queue(
     assert await store.count() == 2
 
 
-async def test_a_move_refuses_a_changed_a_running_or_a_missing_entry(redis: Redis) -> None:
-    """Compare-and-move: an entry rewritten since it was read, or whose job is still running,
-    stays; one already gone is reported missing."""
+async def test_a_move_refuses_a_changed_or_a_missing_entry(redis: Redis) -> None:
+    """Compare-and-move: an entry rewritten since it was read stays; one already gone is
+    reported missing; a requeued one is its conversation's head in its lane, with a job."""
     store = store_for(redis)
     await store.add(letter("m_1"))
     read = await store.get("m_1")
@@ -232,13 +232,11 @@ async def test_a_move_refuses_a_changed_a_running_or_a_missing_entry(redis: Redi
 
     fresh = await store.get("m_1")
     assert fresh is not None
-    await redis.set("arq:in-progress:m_1", b"1")
-    assert await store.requeue(fresh) is MoveResult.BUSY
-    assert await store.get("m_1") is not None
-    await redis.delete("arq:in-progress:m_1")
     assert await store.requeue(fresh) is MoveResult.OK
     assert await store.requeue(fresh) is MoveResult.MISSING
-    assert await redis.zscore(keys.DEFAULT_QUEUE, "m_1") is not None
+    assert await redis.zscore(keys.lane(fresh.phone_number_id), "m_1") is not None
+    [job] = await redis.zrange(keys.DEFAULT_QUEUE, 0, -1)
+    assert job.startswith(f"lane:{fresh.phone_number_id}:".encode())
     assert (await store.stats()).total == 0
 
 
@@ -300,8 +298,13 @@ async def test_a_bulk_move_killed_half_way_loses_and_doubles_nothing(
             history = await redis.lrange(keys.message_history(message_id), 0, -1)
             assert json.loads(history[-1])["detail"].startswith("purged"), message_id
     else:
-        queued = {i.decode() for i in await redis.zrange(keys.DEFAULT_QUEUE, 0, -1)}
+        queued = {
+            i.decode()
+            for message_id in moved
+            for i in await redis.lrange(keys.order(PNID, f"1650555{int(message_id[2:]):04}"), 0, -1)
+        }
         assert queued == moved
+        assert await redis.hget(keys.lane_job(PNID), "pending") == str(len(moved)).encode()
         kinds = {
             json.loads(await redis.hget(keys.message(i), "request") or "{}")["message"]["type"]
             for i in moved
@@ -337,6 +340,6 @@ async def test_status_shows_each_number(
     assert numbers["106540352240000"]["slowdown"] > 1.9
 
     table = (await waq(env, "status")).output
-    assert "queue 3 jobs (2 due now)" in table  # the second to CUSTOMER waits its turn
+    assert "queue 3 messages (2 due now)" in table  # the second to CUSTOMER waits its turn
     assert "token rotated (190), by worker" in table
     assert "rate divided by" in table

@@ -202,7 +202,7 @@ async def test_batch_answers_per_item(api: httpx.AsyncClient, redis: Redis) -> N
     assert (body["accepted"], body["rejected"]) == (2, 1)
     assert [r["index"] for r in body["results"]] == [0, 1, 2]
     assert body["results"][1]["error"]["field"] == "message.text.body"
-    assert await redis.zcard(keys.DEFAULT_QUEUE) == 2
+    assert await redis.hget(keys.lane_job(DEFAULT_PHONE_NUMBER_ID), "pending") == b"2"
 
 
 async def test_webhook_handshake(api: httpx.AsyncClient) -> None:

@@ -1,4 +1,4 @@
-"""The shared rate limiter and conversation order, against a real Redis."""
+"""The shared rate limiter, against a real Redis."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from producer import keys
 from worker.limits import APP_SCOPE, RateConfig, RateLimiter
-from worker.ordering import ConversationOrder
 
 PNID = "106540352242922"
 
@@ -101,27 +99,3 @@ async def test_pair_back_off(redis: Redis) -> None:
     assert not blocked.granted
     assert 3.0 < blocked.wait_s <= 4.0
     assert (await limiter.acquire(PNID, "16505550000")).granted
-
-
-async def test_order_lets_only_the_head_go_and_wakes_the_next(redis: Redis) -> None:
-    """The second message waits for the first; the first's end puts the second's job at now."""
-    order = ConversationOrder(redis, queue_name="q")
-    await redis.rpush(keys.order(PNID, "1"), "m1", "m2")
-    for message_id in ("m1", "m2"):
-        await redis.hset(keys.message(message_id), "state", "queued")
-    await redis.zadd("q", {"m2": 10**13})
-    assert await order.waiting_for(PNID, "1", "m1") is None
-    assert await order.waiting_for(PNID, "1", "m2") == "m1"
-    await order.done(PNID, "1", "m1")
-    assert await order.waiting_for(PNID, "1", "m2") is None
-    assert await redis.zscore("q", "m2") == pytest.approx(time.time() * 1000, abs=2000)
-
-
-async def test_order_skips_a_final_or_expired_head(redis: Redis) -> None:
-    """A head left behind by a crash (final, or its record gone) does not block the rest."""
-    order = ConversationOrder(redis, queue_name="q")
-    await redis.rpush(keys.order(PNID, "1"), "gone", "done", "m3")
-    await redis.hset(keys.message("done"), "state", "accepted")
-    await redis.hset(keys.message("m3"), "state", "queued")
-    assert await order.waiting_for(PNID, "1", "m3") is None
-    assert await redis.lrange(keys.order(PNID, "1"), 0, -1) == [b"m3"]

@@ -77,8 +77,13 @@ async def test_allowed_production_sends_only_to_the_allow_list(
         redis_url, gateway_server.url, [DEFAULT_PHONE_NUMBER_ID], gateway_server.url, API_KEY
     )
     assert report.messages == 5
-    ids = await redis.zrange(keys.DEFAULT_QUEUE, 0, -1)
-    recipients = {(await redis.hget(keys.message(i.decode()), "to")).decode() for i in ids}
+    ids = [
+        i.decode()
+        for a in allowed
+        for i in await redis.lrange(keys.order(DEFAULT_PHONE_NUMBER_ID, a[1:]), 0, -1)
+    ]
+    assert len(ids) == 5
+    recipients = {(await redis.hget(keys.message(i), "to")).decode() for i in ids}
     assert recipients == set(allowed)
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from producer import InvalidRequest, SendRequest
-from producer.client import job_payload
+from producer import InvalidRequest, keys
 from producer.status import FINAL_STATES, MessageState, MessageStatus
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer
 from tests.support import ACCESS_TOKEN, CUSTOMER, STRANGER, TEMPLATE, TEXT, Pipeline
@@ -140,7 +137,11 @@ async def test_pause_then_resume_by_health_probe(
     async with GraphClient(
         access_token=SecretStr(ACCESS_TOKEN), base_url=sandbox_server.url
     ) as graph:
-        ctx = {"pauses": pipeline.pauses, "graph": graph}
+        ctx = {
+            "pauses": pipeline.pauses,
+            "graph": graph,
+            "transitions": pipeline.producer.transitions,
+        }
         assert await probe_paused_numbers(ctx) == {PNID: "still failing: meta_190"}
         await sandbox.expire_token(False)
         assert await probe_paused_numbers(ctx) == {PNID: "resumed"}
@@ -215,57 +216,64 @@ async def test_invalid_request_is_refused_and_nothing_is_queued(
         await pipeline.producer.enqueue_many([good, bad])
     assert [e.field for e in info.value.errors] == ["[1].message.text.body"]
     assert await redis.zcard("waq:queue") == 0
+    assert await redis.zcard(keys.lane(PNID)) == 0
 
 
 async def test_rerun_of_an_accepted_message_does_not_resend(
     pipeline: Pipeline, sandbox: SandboxClient
 ) -> None:
-    """arq may run a job twice; a message already accepted is not sent again."""
+    """A message back in its lane after it was accepted (a replayed step) is not sent again."""
     await pipeline.customer_writes(sandbox)
     enqueued = await pipeline.send()
     await pipeline.run_worker()
-    request = SendRequest.model_validate({"phone_number_id": PNID, "to": CUSTOMER, "message": TEXT})
-    await pipeline.redis.zadd("waq:queue", {enqueued.message_id: int(time.time() * 1000)})
-    await pipeline.redis.set(
-        f"arq:job:{enqueued.message_id}", job_payload(enqueued.message_id, request)
-    )
+    await pipeline.redis.zadd(keys.lane(PNID), {enqueued.message_id: 1})
+    assert await pipeline.producer.transitions.wake(PNID) is not None
     await pipeline.run_worker()
     assert len(await sandbox.ledger()) == 1
+    assert await pipeline.redis.zcard(keys.lane(PNID)) == 0
+    assert (await pipeline.status(enqueued.message_id)).state is MessageState.ACCEPTED
 
 
-async def test_a_long_pause_is_not_counted_as_crashes(
+async def test_a_long_pause_keeps_the_messages_queued_and_costs_no_attempt(
     pipeline: Pipeline, sandbox: SandboxClient
 ) -> None:
-    """A job re-run thousands of times while its number is paused is still not dead-lettered."""
+    """A paused number's lane job comes back later; its messages wait queued, untouched."""
     await pipeline.customer_writes(sandbox)
     await pipeline.pauses.pause(PNID, reason="weekend", code=None, by="operator")
     enqueued = await pipeline.send()
-    await pipeline.redis.set(f"arq:retry:{enqueued.message_id}", 5000)  # arq's job_try
-    await pipeline.run_worker(max_burst_jobs=1)
+    await pipeline.run_worker(max_burst_jobs=3)
     status = await pipeline.status(enqueued.message_id)
     assert status.state is MessageState.QUEUED
+    assert status.attempts == 0
     assert await pipeline.dead_letters.count() == 0
+    assert await sandbox.ledger() == []
     await pipeline.pauses.resume(PNID)
+    await pipeline.producer.transitions.wake(PNID)
     await pipeline.run_worker()
     assert (await pipeline.status(enqueued.message_id)).state is MessageState.ACCEPTED
 
 
-async def test_a_job_that_keeps_crashing_is_dead_lettered(
+async def test_a_message_that_no_longer_validates_is_dead_lettered_and_the_lane_goes_on(
     pipeline: Pipeline, sandbox: SandboxClient
 ) -> None:
-    """Each crash is counted on the message; at max_job_errors it becomes a dead letter."""
-    enqueued = await pipeline.send()
-    await pipeline.redis.set(f"waq:window:{PNID}:{CUSTOMER.lstrip('+')}", "not a time")
-    await pipeline.run_worker(max_burst_jobs=1)
-    assert (await pipeline.status(enqueued.message_id)).job_errors == 1
-    await pipeline.redis.hset(f"waq:msg:{enqueued.message_id}", "job_errors", "50")
-    await pipeline.redis.zadd("waq:queue", {enqueued.message_id: 1})  # due (arq skips 0)
+    """A corrupt record (or a garbage window key) stops one message, never its lane."""
+    await pipeline.customer_writes(sandbox)
+    await pipeline.customer_writes(sandbox, STRANGER)
+    bad = await pipeline.send()
+    good = await pipeline.send(STRANGER)
+    await pipeline.redis.hset(keys.message(bad.message_id), "request", '{"to": 1}')
+    await pipeline.redis.set(keys.window(PNID, STRANGER.lstrip("+")), "not a time")
+    third = await pipeline.send(STRANGER, TEMPLATE)
     await pipeline.run_worker()
-    letter = await pipeline.dead_letters.get(enqueued.message_id)
+    letter = await pipeline.dead_letters.get(bad.message_id)
     assert letter is not None
-    assert letter.code == "too_many_errors"
-    assert "send.error" in letter.hint
-    assert await sandbox.ledger() == []
+    assert letter.code == "invalid_job"
+    # The garbage window reads as closed: the free-form message is refused, the template goes.
+    closed = await pipeline.dead_letters.get(good.message_id)
+    assert closed is not None
+    assert closed.code == 131047
+    assert (await pipeline.status(third.message_id)).state is MessageState.ACCEPTED
+    assert len(await sandbox.ledger()) == 1
 
 
 async def test_sends_survive_a_flushed_script_cache(

@@ -37,8 +37,8 @@ def status(
         return
     workers = "workers polling" if overview.workers_alive else "NO WORKER is polling the queue"
     typer.echo(
-        f"queue {overview.queue_depth} jobs ({overview.queue_due} due now), "
-        f"{overview.in_flight} in flight, {overview.dead_letters} dead letters; {workers}"
+        f"queue {overview.queue_depth} messages ({overview.queue_due} due now), "
+        f"{overview.in_flight} lane jobs running, {overview.dead_letters} dead letters; {workers}"
     )
     if not overview.numbers:
         typer.echo("no sender numbers seen yet")

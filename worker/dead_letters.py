@@ -1,31 +1,31 @@
 """The dead-letter queue: every message waq will not send, with why and what to do about it.
 
-An entry and the message's ``dead`` status are written in one script, so a message is never
-dead without an entry. Taking an entry out (requeue, purge) is one script per entry too: an
-operator's process killed half way through a bulk requeue leaves each entry either still in
-the queue or requeued, never gone and never both. The same scripts keep counts by error code,
-suggestion and sender, so ``stats`` costs one read however long the queue is.
+An entry and the message's ``dead`` status are written in one step (``producer.transitions``,
+which owns every move of a message), so a message is never dead without an entry. Taking an
+entry out (requeue, purge) is one step per entry too: an operator's process killed half way
+through a bulk requeue leaves each entry either still in the queue or requeued, never gone
+and never both. The same steps keep counts by error code, suggestion and sender, so
+``stats`` costs one read however long the queue is.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from producer import keys
-from producer.client import job_payload
 from producer.errors import InvalidRequest, WaqError
 from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus, StatusEvent
 from producer.status_store import StatusStore
+from producer.transitions import Transitions
 from worker.error_table import Suggestion
 
 __all__ = [
@@ -37,95 +37,6 @@ __all__ = [
     "MoveResult",
     "move_each",
 ]
-
-# arq's lease key for a running job: a requeue waits until the job that dead-lettered the
-# message has finished, or arq's cleanup (delete the job, ZREM the id) would eat the new job.
-_ARQ_IN_PROGRESS: Final = "arq:in-progress:"
-
-# Taking an entry out starts the same way: only the entry as it was listed (KEYS[1] the entry,
-# ARGV[2] its JSON then), so an entry rewritten in between (the message died again) stays.
-_TAKE: Final = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 'missing' end
-if raw ~= ARGV[2] then return 'changed' end
-"""
-
-# The counts hash is kept by the same scripts that add and remove entries, from the entry's
-# own JSON, so a count can never disagree with the entries.
-_COUNT: Final = """
-local function count(hash, raw, by)
-  local e = cjson.decode(raw)
-  local code = e.error and e.error.code
-  if code == nil or code == cjson.null then code = '' end
-  for _, label in ipairs({'code:' .. tostring(code), 'suggestion:' .. tostring(e.suggestion),
-                          'number:' .. tostring(e.phone_number_id)}) do
-    if redis.call('HINCRBY', hash, label, by) <= 0 then redis.call('HDEL', hash, label) end
-  end
-end
-"""
-
-# KEYS: entry, index zset, counts, status hash, history.
-# ARGV: id, entry JSON, dead_at, event, retention s, states that keep the message alive
-# (",delivered,read," or ","), status fields (flat pairs)... Returns 1 added, 0 refused
-# because the message is already in one of those states (a stale failure).
-_ADD: Final = (
-    _COUNT
-    + """
-local current = redis.call('HGET', KEYS[4], 'state')
-if current and string.find(ARGV[6], ',' .. current .. ',', 1, true) then return 0 end
-local old = redis.call('GET', KEYS[1])
-if old then count(KEYS[3], old, -1) end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-count(KEYS[3], ARGV[2], 1)
-redis.call('HSET', KEYS[4], unpack(ARGV, 7))
-redis.call('HDEL', KEYS[4], 'next_attempt_at')
-redis.call('RPUSH', KEYS[5], ARGV[4])
-redis.call('EXPIRE', KEYS[4], ARGV[5])
-redis.call('EXPIRE', KEYS[5], ARGV[5])
-return 1
-"""
-)
-
-# KEYS: entry, index, counts, status hash, history, arq job, queue, order list, arq lease.
-# ARGV: id, expected entry JSON, job, now ms, retention s, event, order wait ms, created_at,
-# status fields (flat pairs)... Puts the message back on the queue exactly as the producer
-# does (status record, arq job, order list) and removes the entry, or changes nothing.
-_REQUEUE: Final = (
-    _COUNT
-    + _TAKE
-    + """
-if redis.call('EXISTS', KEYS[9]) == 1 then return 'busy' end
-redis.call('HSET', KEYS[4], unpack(ARGV, 9))
-redis.call('HSETNX', KEYS[4], 'created_at', ARGV[8])
-redis.call('HDEL', KEYS[4], 'error', 'detail', 'wamid', 'next_attempt_at')
-redis.call('EXPIRE', KEYS[4], ARGV[5])
-redis.call('RPUSH', KEYS[5], ARGV[6])
-redis.call('EXPIRE', KEYS[5], ARGV[5])
-redis.call('SET', KEYS[6], ARGV[3], 'PX', tonumber(ARGV[5]) * 1000)
-local score = tonumber(ARGV[4])
-if redis.call('RPUSH', KEYS[8], ARGV[1]) > 1 then score = score + tonumber(ARGV[7]) end
-redis.call('EXPIRE', KEYS[8], ARGV[5])
-redis.call('ZADD', KEYS[7], score, ARGV[1])
-count(KEYS[3], raw, -1)
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 'ok'
-"""
-)
-
-# KEYS: entry, index, counts, history. ARGV: id, expected entry JSON, event.
-_PURGE: Final = (
-    _COUNT
-    + _TAKE
-    + """
-count(KEYS[3], raw, -1)
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[3]) end
-return 'ok'
-"""
-)
 
 
 class DeadLetter(BaseModel):
@@ -256,8 +167,6 @@ class MoveResult(StrEnum):
     """Not in the queue (already moved, or never there)."""
     CHANGED = "changed"
     """Rewritten since it was read (the message died again); read it and try again."""
-    BUSY = "busy"
-    """The job that dead-lettered it is still finishing; try again in a moment."""
 
 
 class DeadLetterStore:
@@ -266,11 +175,9 @@ class DeadLetterStore:
     def __init__(self, redis: Redis, statuses: StatusStore, *, queue_name: str = "") -> None:
         self.redis = redis
         self.statuses = statuses
-        self.queue_name = queue_name or keys.DEFAULT_QUEUE
-        self.order_wait_s = 30.0
-        self._add = redis.register_script(_ADD)
-        self._requeue = redis.register_script(_REQUEUE)
-        self._purge = redis.register_script(_PURGE)
+        self.transitions = Transitions(
+            redis, retention_s=statuses.retention_s, queue_name=queue_name or keys.DEFAULT_QUEUE
+        )
 
     async def add(
         self,
@@ -284,38 +191,19 @@ class DeadLetterStore:
 
         A message already in a state of ``unless`` is left alone (False): Meta's failure
         reports arrive late, and one about a message it since delivered is stale. On a
-        caller's ``pipe`` (a webhook's transaction) the step is only queued.
+        caller's ``pipe`` (a webhook's transaction) the step is only queued; its answer goes
+        to ``transitions.apply_answer``.
         """
-        now = time.time()
-        event = StatusEvent(at=now, state=MessageState.DEAD, detail=letter.hint, error=letter.error)
-        fields = {
-            "state": MessageState.DEAD.value,
-            "updated_at": repr(now),
-            "detail": letter.hint,
-            "error": json.dumps(letter.error),
-        }
-        if attempts is not None:
-            fields["attempts"] = str(attempts)
-        added = await self._add(
-            keys=[
-                keys.dead_letter(letter.id),
-                keys.DEAD_LETTERS,
-                keys.DEAD_LETTER_COUNTS,
-                keys.message(letter.id),
-                keys.message_history(letter.id),
-            ],
-            args=[
-                letter.id,
-                letter.model_dump_json(),
-                letter.dead_at,
-                event.model_dump_json(exclude_none=True),
-                self.statuses.retention_s,
-                "," + "".join(f"{state.value}," for state in unless),
-                *(item for pair in fields.items() for item in pair),
-            ],
-            client=pipe,
+        return await self.transitions.dead_letter(
+            letter.id,
+            entry=letter.model_dump_json(),
+            dead_at=letter.dead_at,
+            detail=letter.hint,
+            error=letter.error,
+            attempts=attempts,
+            unless=unless,
+            pipe=pipe,
         )
-        return bool(added == 1)  # on a pipe, the answer (1 or 0) comes from the pipeline
 
     async def get(self, message_id: str) -> DeadLetter | None:
         """One entry, or None."""
@@ -402,50 +290,24 @@ class DeadLetterStore:
             raise InvalidRequest.from_validation_error(exc) from None
         payload = valid.model_dump(mode="json", exclude_none=True)
         fields, _ = self.statuses.new_record(valid, payload)
-        created_at = fields.pop("created_at")
-        now = time.time()
         detail = "requeued from the dead-letter queue" + (f": {note}" if note else "")
-        event = StatusEvent(at=now, state=MessageState.QUEUED, detail=detail)
-        answer = await self._requeue(
-            keys=[
-                keys.dead_letter(letter.id),
-                keys.DEAD_LETTERS,
-                keys.DEAD_LETTER_COUNTS,
-                keys.message(letter.id),
-                keys.message_history(letter.id),
-                keys.ARQ_JOB_PREFIX + letter.id,
-                self.queue_name,
-                keys.order(valid.phone_number_id, valid.wa_id),
-                _ARQ_IN_PROGRESS + letter.id,
-            ],
-            args=[
-                letter.id,
-                letter.stored,
-                job_payload(letter.id, payload),
-                int(now * 1000),
-                self.statuses.retention_s,
-                event.model_dump_json(exclude_none=True),
-                int(self.order_wait_s * 1000),
-                created_at,
-                *(item for pair in fields.items() for item in pair),
-            ],
+        answer = await self.transitions.requeue(
+            letter.id,
+            expected_entry=letter.stored,
+            phone_number_id=valid.phone_number_id,
+            wa_id=valid.wa_id,
+            detail=detail,
+            fields=fields,
         )
-        return MoveResult(_text(answer))
+        return MoveResult(answer)
 
     async def purge(self, letter: DeadLetter, *, note: str = "") -> MoveResult:
         """Drop the entry for good (its message stays ``dead``); export it first if in doubt."""
         detail = "purged from the dead-letter queue" + (f": {note}" if note else "")
-        event = StatusEvent(at=time.time(), state=MessageState.DEAD, detail=detail)
-        answer = await self._purge(
-            keys=[
-                keys.dead_letter(letter.id),
-                keys.DEAD_LETTERS,
-                keys.DEAD_LETTER_COUNTS,
-                keys.message_history(letter.id),
-            ],
-            args=[letter.id, letter.stored, event.model_dump_json(exclude_none=True)],
+        answer = await self.transitions.purge(
+            letter.id, expected_entry=letter.stored, detail=detail
         )
-        return MoveResult(_text(answer))
+        return MoveResult(answer)
 
 
 Move = Callable[[DeadLetter], Awaitable[MoveResult]]

@@ -1,37 +1,36 @@
-"""The send job's logic: window, pause, Graph call, classification, and exactly one outcome.
+"""One claimed message's send, and what became of it, returned as a value.
 
-arq calls ``send_message`` (see ``worker.runner``); this module holds what it does, with its
-collaborators passed in, so it is tested against real Redis and the sandbox without arq's loop.
+The lane job (``worker.lane``) claims a batch and hands each message here; ``Delivery``
+makes the Graph call, classifies the answer through the error table, applies the limiter's
+and the pause store's reactions (those are about the number, not the message), and returns
+the message's ``Outcome``. It never writes the message's record: the lane job settles the
+whole batch's outcomes in one step (``producer.transitions``).
 """
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import structlog
-from arq.worker import Retry
 from pydantic import ValidationError
-from redis.asyncio.client import Pipeline
 
+from producer.recipient import wa_id_of
 from producer.request import SendRequest
-from producer.status import FINAL_STATES, MessageState, MessageStatus
+from producer.status import MessageState
 from producer.status_store import StatusStore
+from producer.transitions import Claimed, Outcome
 from worker.backoff import backoff_s, pair_backoff_s
-from worker.dead_letters import DeadLetter, DeadLetterStore
+from worker.dead_letters import DeadLetter
 from worker.error_table import Action, ErrorRule, Schedule, Suggestion, Throttle, rule_for
 from worker.errors import GraphError, GraphTransportError
 from worker.graph import GraphClient
 from worker.limits import APP_SCOPE, RateLimiter
 from worker.metrics import WorkerMetrics
-from worker.ordering import ConversationOrder
-from worker.pauses import Pause, PauseStore
-from worker.pipelined import Pipelined
-from worker.windows import WindowStore
+from worker.pauses import PauseStore
 
-__all__ = ["Deliverer", "DeliveryConfig"]
+__all__ = ["Delivery", "DeliveryConfig"]
 
 log = structlog.get_logger("waq.worker")
 
@@ -52,394 +51,218 @@ class DeliveryConfig:
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
     pause_check_s: float = 30.0
-    order_recheck_s: float = 30.0
     reconcile_wait_s: float = 60.0
     reconcile_check_s: float = 2.0
     ambiguous_policy: Literal["resend", "dead_letter"] = "resend"
-    slot_tries: int = 5
-    # A job that crashed this many times (an exception, not a wait: a pause may last days)
-    # is a bug or poisoned data; past it the message is dead-lettered instead of looping.
-    max_job_errors: int = 50
+    max_batch: int = 200
+    """Messages one claim takes at most."""
+    horizon_s: float = 0.5
+    """How far ahead a claim books the number's rate slots."""
+    slice_s: float = 5.0
+    """A lane job yields after this long, so many lanes share few workers fairly."""
+    max_in_flight: int = 200
+    """Graph calls one lane job has open at once."""
 
 
-class Deliverer:
-    """Delivers one message per call and leaves it in exactly one recorded state."""
+class Delivery:
+    """Sends one claimed message and says what became of it."""
 
     def __init__(
         self,
         *,
         graph: GraphClient,
         statuses: StatusStore,
-        windows: WindowStore,
         pauses: PauseStore,
-        dead_letters: DeadLetterStore,
-        order: ConversationOrder,
         limiter: RateLimiter,
         config: DeliveryConfig,
         metrics: WorkerMetrics | None = None,
     ) -> None:
         self.graph = graph
         self.statuses = statuses
-        self.windows = windows
         self.pauses = pauses
-        self.dead_letters = dead_letters
-        self.order = order
         self.limiter = limiter
         self.config = config
         self.metrics = metrics or WorkerMetrics()
-        self._pipelined = Pipelined(statuses.redis)
 
-    async def deliver(self, message_id: str, raw_request: dict[str, Any]) -> str:
-        """Run one attempt; return the state reached, or raise arq's ``Retry`` to come back."""
+    async def send(self, phone_number_id: str, claimed: Claimed) -> Outcome:
+        """Make the Graph call (the slot has come) and classify its answer."""
+        message_id, attempt = claimed.message_id, claimed.attempt
         try:
-            request = SendRequest.model_validate(raw_request)
+            request = SendRequest.model_validate(claimed.request)
         except ValidationError as exc:
-            status = await self.statuses.get(message_id)
-            if status is not None and status.state in FINAL_STATES:
-                return await self._skip_final(message_id, status)
             # Only a producer of another version could enqueue this; keep it for an operator.
-            error = {
-                "code": "invalid_job",
-                "title": "job payload failed validation",
-                "details": str(exc),
-            }
-            return await self._dead(
-                message_id,
-                raw_request=raw_request,
-                status=status,
-                error=error,
-                suggestion=Suggestion.FIX_REQUEST,
+            error = {"code": "invalid_job", "title": "job payload failed validation",
+                     "details": str(exc)}  # fmt: skip
+            return await self.dead(
+                claimed, error=error, suggestion=Suggestion.FIX_REQUEST,
                 hint="the queued request no longer validates: fix and requeue it",
-            )
-        pnid, wa_id = request.phone_number_id, request.wa_id
-        status, earlier, pause, last_inbound = await self._read_checks(message_id, pnid, wa_id)
-        if status is not None and status.state in FINAL_STATES:
-            return await self._skip_final(message_id, status)
-        if status is not None and status.job_errors >= self.config.max_job_errors:
-            error = {
-                "code": "too_many_errors",
-                "title": f"the send job failed {status.job_errors} times with an exception",
-            }
-            return await self._dead(
-                message_id,
-                raw_request=raw_request,
-                status=status,
-                error=error,
-                suggestion=Suggestion.CONTACT_SUPPORT,
-                hint="waq kept failing on this message: check the worker logs (send.error)",
-            )
-        if status is not None and status.state is MessageState.SENDING:
-            resend = await self._reconcile(message_id, raw_request, status)
-            if resend is not None:
-                return resend
-        if earlier is not None:
-            # Woken as soon as the earlier message is final; the delay is only a safety net.
-            detail = f"waiting for {earlier}, earlier in this conversation"
-            recheck_s = self.config.order_recheck_s * random.uniform(0.75, 1.25)  # noqa: S311
-            await self._wait(message_id, status, detail, recheck_s)
-        if pause is not None:
-            await self._wait(
-                message_id, status, f"number paused: {pause.reason}", self.config.pause_check_s
-            )
-        if not request.message.is_template and not self.windows.open_at(last_inbound):
-            rule = rule_for(131047, http_status=400)
-            return await self._dead(
-                message_id,
-                raw_request=raw_request,
-                status=status,
-                error=_CLOSED_WINDOW,
-                suggestion=rule.suggestion,
-                hint=rule.hint,
-            )
-        return await self._attempt(message_id, request, raw_request, status)
-
-    async def _read_checks(
-        self, message_id: str, pnid: str, wa_id: str
-    ) -> tuple[MessageStatus | None, str | None, Pause | None, bytes | None]:
-        """Status, the earlier message waited for, the number's pause, the last inbound time.
-
-        One round trip for what would be four: the reads are independent, and the order
-        script only drops heads that are already final.
-        """
-
-        async def fill(pipe: Pipeline) -> None:
-            self.statuses.read_into(pipe, message_id)
-            await self.order.waiting_for_into(pipe, pnid, wa_id, message_id)
-            PauseStore.read_into(pipe, pnid)
-            WindowStore.read_into(pipe, pnid, wa_id)
-
-        raw, history, order, pause, last_inbound = await self._pipelined.execute(fill)
-        return (
-            StatusStore.parse(message_id, raw, history),
-            ConversationOrder.parse_waiting_for(order),
-            PauseStore.parse(pause),
-            last_inbound,
-        )
-
-    async def _skip_final(self, message_id: str, status: MessageStatus) -> str:
-        """Final already: a re-run after a crash, or a send reconciled by its status webhook."""
-        pnid, to = status.phone_number_id, status.to
-        if pnid and to:
-            await self.order.done(pnid, to.removeprefix("+"), message_id)
-        log.info("send.skipped", outcome=status.state.value, reason="already final")
-        return status.state.value
-
-    async def _reconcile(
-        self, message_id: str, raw_request: dict[str, Any], status: MessageStatus
-    ) -> str | None:
-        """A send whose outcome is unknown (a crash mid-call, or no answer): never resend blindly.
-
-        Meta echoes ``biz_opaque_callback_data`` (the message id) in every status webhook;
-        the gateway records it, which makes the message final. Until ``reconcile_wait_s``
-        after the send, wait for that. Then resend (the default), or dead-letter the message
-        as ambiguous, by policy. Returns the final state when dead-lettered, else None.
-        """
-        unknown_for_s = time.time() - status.updated_at
-        if unknown_for_s < self.config.reconcile_wait_s:
-            log.info("send.reconciling", unknown_for_s=round(unknown_for_s, 1))
-            raise Retry(defer=self.config.reconcile_check_s)
-        if self.config.ambiguous_policy == "dead_letter":
-            error = {
-                "code": "ambiguous",
-                "title": "outcome unknown",
-                "details": f"no answer, no status webhook in {self.config.reconcile_wait_s:g} s",
-            }
-            return await self._dead(
-                message_id,
-                raw_request=raw_request,
-                status=status,
-                error=error,
-                suggestion=Suggestion.RETRY_LATER,
-                hint="it may or may not have reached the customer: check before requeueing",
-            )
-        log.warning(
-            "send.reconcile_timeout", policy="resend", unknown_for_s=round(unknown_for_s, 1)
-        )
-        return None
-
-    async def _outcome_unknown(
-        self, message_id: str, attempt: int, error: dict[str, Any]
-    ) -> NoReturn:
-        """The request may have reached Meta: wait for its status webhook before any resend."""
-        wait_s = self.config.reconcile_wait_s
-        await self.statuses.record(
-            message_id,
-            MessageState.SENDING,
-            attempt=attempt,
-            count_attempt=True,
-            error=error,
-            detail=f"outcome unknown: waiting up to {wait_s:g} s for Meta's status webhook",
-        )
-        self.metrics.outcome("unknown", error.get("code"))
-        log.warning("send.outcome", outcome="unknown", attempt=attempt, error=error)
-        raise Retry(defer=self.config.reconcile_check_s)
-
-    async def _take_slot(
-        self, message_id: str, status: MessageStatus | None, pnid: str, wa_id: str
-    ) -> None:
-        """Sleep until this send's rate slot, or come back later without using an attempt."""
-        slot = await self.limiter.wait_for_slot(pnid, wa_id, tries=self.config.slot_tries)
-        if slot.granted:
-            self.metrics.rate_limit_wait.observe(slot.wait_s)
-        else:
-            self.metrics.rate_limit_deferrals.labels(limit=slot.reason).inc()
-            await self._wait(
-                message_id, status, f"waiting for the {slot.reason} rate limit", slot.wait_s
-            )
-
-    async def _wait(
-        self, message_id: str, status: MessageStatus | None, detail: str, defer_s: float
-    ) -> NoReturn:
-        """Come back later without using up an attempt; say why in the status.
-
-        The record is skipped only when the status this run read is already this very wait
-        (a backlog's jobs come back many times); any other state, ``sending`` of an unknown
-        outcome that policy resends included, is moved back to ``queued``.
-        """
-        if status is None or status.state is not MessageState.QUEUED or status.detail != detail:
-            await self.statuses.record(
-                message_id,
-                MessageState.QUEUED,
-                detail=detail,
-                next_attempt_at=time.time() + defer_s,
-            )
-        log.info("send.waiting", reason=detail, defer_s=round(defer_s, 3))
-        raise Retry(defer=defer_s)
-
-    async def _attempt(
-        self,
-        message_id: str,
-        request: SendRequest,
-        raw_request: dict[str, Any],
-        status: MessageStatus | None,
-    ) -> str:
-        attempt = (status.attempts if status else 0) + 1
-        body = request.graph_body(callback_data=message_id)
-        # The slot comes first and `sending` right after it: `sending` means the request may
-        # have left, and a re-run reconciles it instead of sending. A message recorded
-        # `sending` before a slot that was then refused would sit there, unsent, and be
-        # taken for an unknown outcome (held for the reconcile wait, then resent or
-        # dead-lettered as ambiguous). The record costs one round trip between the slot and
-        # the call, the same for every send, so the spacing at Meta holds.
-        await self._take_slot(message_id, status, request.phone_number_id, request.wa_id)
-        await self.statuses.record(message_id, MessageState.SENDING, attempt=attempt)
-        started = time.perf_counter()
+            )  # fmt: skip
+        wa_id = request.wa_id
+        started, sent_at = time.perf_counter(), time.time()
         try:
-            result = await self.graph.send(request.phone_number_id, body)
+            result = await self.graph.send(
+                phone_number_id, request.graph_body(callback_data=message_id)
+            )
         except GraphError as exc:
             self.metrics.graph_latency.labels(result="error").observe(time.perf_counter() - started)
             rule = rule_for(exc.meta_code, http_status=exc.http_status, subcode=exc.subcode)
             if rule.throttle is not Throttle.PAIR:  # Meta refused it: the customer got nothing
-                await self.limiter.release_pair(request.phone_number_id, request.wa_id)
+                await self.limiter.release_pair(phone_number_id, wa_id)
             return await self._failed(
-                message_id,
-                raw_request=raw_request,
-                request=request,
-                status=status,
-                attempt=attempt,
-                rule=rule,
-                error=exc.as_dict(),
+                phone_number_id, wa_id, claimed, rule, exc.as_dict(), sent_at=sent_at
             )
         except GraphTransportError as exc:
             self.metrics.graph_latency.labels(result="transport").observe(
                 time.perf_counter() - started
             )
             if exc.ambiguous:
-                await self._outcome_unknown(message_id, attempt, exc.as_dict())
-            await self.limiter.release_pair(request.phone_number_id, request.wa_id)
+                return self._outcome_unknown(claimed, wa_id, exc.as_dict(), sent_at=sent_at)
+            await self.limiter.release_pair(phone_number_id, wa_id)
             rule = ErrorRule(Action.RETRY, Suggestion.RETRY_LATER, "no answer from the Graph API")
             return await self._failed(
-                message_id,
-                raw_request=raw_request,
-                request=request,
-                status=status,
-                attempt=attempt,
-                rule=rule,
-                error=exc.as_dict(),
+                phone_number_id, wa_id, claimed, rule, exc.as_dict(), sent_at=sent_at
             )
         self.metrics.graph_latency.labels(result="ok").observe(time.perf_counter() - started)
-
-        async def accepted(pipe: Pipeline) -> None:
-            # One round trip: the outcome, then the next message of the conversation woken.
-            await self.statuses.record(
-                message_id, MessageState.ACCEPTED, attempt=attempt, wamid=result.wamid,
-                count_attempt=True, pipe=pipe,
-            )  # fmt: skip
-            await self.order.done(request.phone_number_id, request.wa_id, message_id, pipe=pipe)
-
-        await self._pipelined.execute(accepted)
         self.metrics.outcome("accepted")
-        log.info("send.outcome", outcome="accepted", attempt=attempt, wamid=result.wamid)
-        return MessageState.ACCEPTED.value
+        log.debug("send.outcome", message_id=message_id, outcome="accepted", attempt=attempt,
+                  wamid=result.wamid)  # fmt: skip
+        return Outcome.accepted(
+            message_id, wa_id, attempt=attempt, wamid=result.wamid, sent_at=sent_at
+        )
+
+    def missed_slot(self, claimed: Claimed) -> Outcome:
+        """The event loop woke too late for the message's rate slot: back in line, free.
+
+        Sent now, it would bunch with on-time sends and break Meta's per-second limit.
+        """
+        self.metrics.rate_limit_deferrals.labels(limit="missed").inc()
+        wa_id = str(claimed.request.get("to", "")).lstrip("+")
+        return Outcome.retry(
+            claimed.message_id, wa_id, state=MessageState.QUEUED, attempt=claimed.attempt,
+            attempts=claimed.attempt - 1, due_s=0.0, detail="missed its rate slot: next one",
+        )  # fmt: skip
+
+    async def closed_window(self, claimed: Claimed) -> Outcome:
+        """A free-form message to a customer whose window is shut: Meta is not called."""
+        rule = rule_for(131047, http_status=400)
+        return await self.dead(
+            claimed, error=_CLOSED_WINDOW, suggestion=rule.suggestion, hint=rule.hint,
+            failed_attempt=None,
+        )  # fmt: skip
+
+    async def ambiguous(self, claimed: Claimed) -> Outcome:
+        """An unknown outcome past the reconcile wait, under the dead_letter policy."""
+        wait_s = self.config.reconcile_wait_s
+        error = {
+            "code": "ambiguous",
+            "title": "outcome unknown",
+            "details": f"no answer, no status webhook in {wait_s:g} s",
+        }
+        return await self.dead(
+            claimed, error=error, suggestion=Suggestion.RETRY_LATER,
+            hint="it may or may not have reached the customer: check before requeueing",
+        )  # fmt: skip
+
+    def _outcome_unknown(
+        self, claimed: Claimed, wa_id: str, error: dict[str, Any], *, sent_at: float
+    ) -> Outcome:
+        """The request may have reached Meta: wait for its status webhook before any resend."""
+        wait_s = self.config.reconcile_wait_s
+        self.metrics.outcome("unknown", error.get("code"))
+        log.warning("send.outcome", message_id=claimed.message_id, outcome="unknown",
+                    attempt=claimed.attempt, error=error)  # fmt: skip
+        return Outcome.retry(
+            claimed.message_id, wa_id, state=MessageState.SENDING, attempt=claimed.attempt,
+            due_s=self.config.reconcile_check_s, error=error, sent_at=sent_at,
+            detail=f"outcome unknown: waiting up to {wait_s:g} s for Meta's status webhook",
+        )  # fmt: skip
+
+    async def failed(
+        self, phone_number_id: str, claimed: Claimed, rule: ErrorRule, error: dict[str, Any]
+    ) -> Outcome:
+        """A failed attempt the caller classified itself (a crash in waq, say)."""
+        wa_id = str(claimed.request.get("to", "")).lstrip("+")
+        return await self._failed(phone_number_id, wa_id, claimed, rule, error, sent_at=None)
 
     async def _failed(
         self,
-        message_id: str,
-        *,
-        raw_request: dict[str, Any],
-        request: SendRequest,
-        status: MessageStatus | None,
-        attempt: int,
+        phone_number_id: str,
+        wa_id: str,
+        claimed: Claimed,
         rule: ErrorRule,
         error: dict[str, Any],
-    ) -> str:
+        *,
+        sent_at: float | None,
+    ) -> Outcome:
+        message_id, attempt = claimed.message_id, claimed.attempt
+        code = error.get("code")
         if rule.throttle is not None:
-            await self._throttled(
-                message_id, request=request, status=status, attempt=attempt, rule=rule, error=error
+            return await self._throttled(
+                phone_number_id, wa_id, claimed, rule, error, sent_at=sent_at
             )
         if rule.action is Action.PAUSE:
-            first = await self.pauses.pause(
-                request.phone_number_id, reason=rule.hint, code=error.get("code")
-            )
-            if first:
+            if await self.pauses.pause(phone_number_id, reason=rule.hint, code=code):
                 log.error("alert.number_paused", reason=rule.hint, error=error)
-            self.metrics.outcome("paused", error.get("code"))
+            self.metrics.outcome("paused", code)
             # A pause is not the message's fault: the attempt is not counted.
-            await self.statuses.record(
-                message_id,
-                MessageState.QUEUED,
-                attempt=attempt - 1,
-                count_attempt=True,
-                detail=f"number paused: {rule.hint}",
-                error=error,
-                next_attempt_at=time.time() + self.config.pause_check_s,
-            )
-            raise Retry(defer=self.config.pause_check_s)
+            return Outcome.retry(
+                message_id, wa_id, state=MessageState.QUEUED, attempt=attempt,
+                attempts=attempt - 1, due_s=self.config.pause_check_s, error=error,
+                detail=f"number paused: {rule.hint}", sent_at=sent_at,
+            )  # fmt: skip
         if rule.action is Action.PERMANENT:
-            return await self._dead(
-                message_id,
-                raw_request=raw_request,
-                status=status,
-                failed_attempt=attempt,
-                error=error,
-                suggestion=rule.suggestion,
-                hint=rule.hint,
-            )
+            return await self.dead(
+                claimed, error=error, suggestion=rule.suggestion, hint=rule.hint,
+                failed_attempt=attempt, sent_at=sent_at,
+            )  # fmt: skip
         if attempt >= self.config.max_attempts:
-            hint = f"gave up after {attempt} attempts: {rule.hint}"
-            return await self._dead(
-                message_id,
-                raw_request=raw_request,
-                status=status,
-                failed_attempt=attempt,
-                error=error,
-                suggestion=rule.suggestion,
-                hint=hint,
-            )
-        delay = self._delay(rule, attempt, message_id)
-        self.metrics.outcome("retrying", error.get("code"))
-        self.metrics.retries.labels(code=str(error.get("code"))).inc()
-        await self.statuses.record(
-            message_id,
-            MessageState.RETRYING,
-            attempt=attempt,
-            count_attempt=True,
-            detail=rule.hint,
-            error=error,
-            next_attempt_at=time.time() + delay,
-        )
-        log.info(
-            "send.outcome",
-            outcome="retrying",
-            attempt=attempt,
-            delay_s=round(delay, 3),
-            error=error,
-        )
-        raise Retry(defer=delay)
+            return await self.dead(
+                claimed, error=error, suggestion=rule.suggestion, failed_attempt=attempt,
+                hint=f"gave up after {attempt} attempts: {rule.hint}", sent_at=sent_at,
+            )  # fmt: skip
+        delay = self._delay(rule, attempt)
+        self.metrics.outcome("retrying", code)
+        self.metrics.retries.labels(code=str(code)).inc()
+        log.info("send.outcome", message_id=message_id, outcome="retrying", attempt=attempt,
+                 delay_s=round(delay, 3), error=error)  # fmt: skip
+        return Outcome.retry(
+            message_id, wa_id, state=MessageState.RETRYING, attempt=attempt, due_s=delay,
+            detail=rule.hint, error=error, sent_at=sent_at,
+        )  # fmt: skip
 
     async def _throttled(
         self,
-        message_id: str,
-        *,
-        request: SendRequest,
-        status: MessageStatus | None,
-        attempt: int,
+        phone_number_id: str,
+        wa_id: str,
+        claimed: Claimed,
         rule: ErrorRule,
         error: dict[str, Any],
-    ) -> NoReturn:
+        *,
+        sent_at: float | None,
+    ) -> Outcome:
         """Meta throttled: slow the scope down, come back; not held against the message."""
         self.metrics.outcome("throttled", error.get("code"))
-        pnid, wa_id = request.phone_number_id, request.wa_id
         if rule.throttle is Throttle.PAIR:
+            status = await self.statuses.get(claimed.message_id)
             throttled = sum(
                 1
                 for e in (status.history if status else [])
                 if (e.error or {}).get("code") == 131056
             )
             delay = pair_backoff_s(throttled + 1)
-            await self.limiter.back_off_pair(pnid, wa_id, delay)
+            await self.limiter.back_off_pair(phone_number_id, wa_id, delay)
         else:
-            scope = pnid if rule.throttle is Throttle.NUMBER else APP_SCOPE
+            scope = phone_number_id if rule.throttle is Throttle.NUMBER else APP_SCOPE
             factor = await self.limiter.slow_down(scope)
             delay = max(rule.min_delay_s, 1.0)  # the slowed limiter spaces the retries
             log.warning("rate.slowdown", scope=scope, factor=factor, code=error.get("code"))
-        await self.statuses.record(
-            message_id, MessageState.QUEUED, attempt=attempt - 1, count_attempt=True, error=error,
-            detail=f"throttled by Meta: {rule.hint}", next_attempt_at=time.time() + delay,
+        return Outcome.retry(
+            claimed.message_id, wa_id, state=MessageState.QUEUED, attempt=claimed.attempt,
+            attempts=claimed.attempt - 1, due_s=delay, error=error, sent_at=sent_at,
+            detail=f"throttled by Meta: {rule.hint}",
         )  # fmt: skip
-        raise Retry(defer=delay)
 
-    def _delay(self, rule: ErrorRule, attempt: int, message_id: str) -> float:
+    def _delay(self, rule: ErrorRule, attempt: int) -> float:
         if rule.schedule is Schedule.PAIR:
             delay = pair_backoff_s(attempt)
         else:
@@ -448,32 +271,27 @@ class Deliverer:
             )
         return max(delay, rule.min_delay_s)
 
-    async def _dead(
+    async def dead(
         self,
-        message_id: str,
+        claimed: Claimed,
         *,
-        raw_request: dict[str, Any],
-        status: MessageStatus | None,
         error: dict[str, Any],
         suggestion: Suggestion,
         hint: str,
         failed_attempt: int | None = None,
-    ) -> str:
-        """Dead-letter the message; ``failed_attempt`` is the call to Meta that just failed."""
+        sent_at: float | None = None,
+    ) -> Outcome:
+        """The dead-letter outcome; ``failed_attempt`` is the call to Meta that just failed."""
+        status = await self.statuses.get(claimed.message_id)
         letter = DeadLetter.of(
-            message_id,
-            raw_request=raw_request,
-            status=status,
-            error=error,
-            suggestion=suggestion,
-            hint=hint,
-            failed_attempt=failed_attempt,
-        )
-        await self.dead_letters.add(letter, attempts=failed_attempt)
-        if letter.phone_number_id and letter.to:
-            await self.order.done(letter.phone_number_id, letter.to.removeprefix("+"), message_id)
+            claimed.message_id, raw_request=claimed.request, status=status, error=error,
+            suggestion=suggestion, hint=hint, failed_attempt=failed_attempt,
+        )  # fmt: skip
         self.metrics.outcome("dead", error.get("code"))
-        log.warning(
-            "send.outcome", outcome="dead", code=error.get("code"), suggestion=suggestion.value
-        )
-        return MessageState.DEAD.value
+        log.warning("send.outcome", message_id=claimed.message_id, outcome="dead",
+                    code=error.get("code"), suggestion=suggestion.value)  # fmt: skip
+        return Outcome.dead(
+            claimed.message_id, wa_id_of(letter.to) if letter.to else "",
+            entry=letter.model_dump_json(), dead_at=letter.dead_at, detail=hint, error=error,
+            attempts=failed_attempt, sent_at=sent_at,
+        )  # fmt: skip

@@ -1,10 +1,8 @@
 """What every sender number is doing, read from Redis: for ``waq status``, the console, metrics.
 
-Nothing here is counted on the hot path. A number's pending messages are the lengths of its
-conversations' order lists (the producer appends, a final state removes), found by SCAN
-(as are throttled numbers);
-in-flight jobs are arq's lease keys. Both cost O(conversations) per read, which an
-operator's command or a 15 s scrape can afford and a send cannot.
+A number's pending messages are a counter its lane keeps (a message counts from enqueue
+until it is final), one read per number. Throttled numbers are found by SCAN, and in-flight
+jobs are arq's lease keys (one per running lane job).
 """
 
 from __future__ import annotations
@@ -61,9 +59,11 @@ class Overview(BaseModel):
 
     read_at: float
     queue_depth: int
-    """Jobs in arq's queue (due now or deferred)."""
+    """Messages not yet final, over every number."""
     queue_due: int
-    """Of those, the ones due now."""
+    """Of those, the ones due now (each conversation's next message, once its time came)."""
+    lane_jobs: int
+    """Jobs in arq's queue: a lane job per active sender, running or asleep, and cron jobs."""
     in_flight: int
     """Jobs a worker holds right now."""
     dead_letters: int
@@ -93,26 +93,33 @@ async def read_overview(
 ) -> Overview:
     """Read the whole picture (a few round trips and two SCANs)."""
     now = time.time()
-    pending: dict[str, int] = {}
-    async for key in redis.scan_iter(match=keys.order("*", "*"), count=1000):
-        phone_number_id = _text(key).split(":")[2]
-        pending[phone_number_id] = pending.get(phone_number_id, 0) + int(await redis.llen(key))  # type: ignore[misc]
+    senders = sorted(_text(n) for n in await redis.smembers(keys.SENDERS))  # type: ignore[misc]
+    now_ms = int(now * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for phone_number_id in senders:
+            pipe.hget(keys.lane_job(phone_number_id), "pending")
+            pipe.zcount(keys.lane(phone_number_id), "-inf", now_ms)
+        answers = await pipe.execute()
+    pending = {
+        phone_number_id: int(count)
+        for phone_number_id, count in zip(senders, answers[::2], strict=True)
+        if count is not None and int(count) > 0
+    }
+    due = sum(int(count) for count in answers[1::2])
     throttled = set()
     async for key in redis.scan_iter(match=keys.slowdown("*"), count=1000):
-        throttled.add(_text(key).rsplit(":", 1)[1])
+        throttled.add(_text(key).partition("{")[2].partition("}")[0])
     throttled.discard(APP_SCOPE)
     in_flight = 0
     async for _ in redis.scan_iter(match=_ARQ_IN_PROGRESS + "*", count=1000):
         in_flight += 1
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(queue_name)
-        pipe.zcount(queue_name, "-inf", int(now * 1000))
         pipe.zcard(keys.DEAD_LETTERS)
         pipe.exists(queue_name + HEALTH_KEY_SUFFIX)
         pipe.hgetall(keys.DEAD_LETTER_COUNTS)
         pipe.hgetall(keys.RATE_LIMITS)
-        pipe.smembers(keys.SENDERS)
-        depth, due, dead, alive, counts, rates, senders = await pipe.execute()
+        jobs, dead, alive, counts, rates = await pipe.execute()
     dead_by_number = {
         label.removeprefix("number:"): int(value)
         for label, value in ((_text(k), v) for k, v in counts.items())
@@ -123,7 +130,7 @@ async def read_overview(
     limiter = RateLimiter(redis, RateConfig(default_mps=default_mps))
     app_slowdown = await limiter.slowdown(APP_SCOPE)
     numbers = []
-    seen = {*pending, *pauses, *mps, *dead_by_number, *throttled, *map(_text, senders)}
+    seen = {*pending, *pauses, *mps, *dead_by_number, *throttled, *senders}
     for phone_number_id in sorted(seen):
         slowdown = app_slowdown * await limiter.slowdown(phone_number_id)
         pause = pauses.get(phone_number_id)
@@ -150,8 +157,9 @@ async def read_overview(
         )
     return Overview(
         read_at=now,
-        queue_depth=int(depth),
-        queue_due=int(due),
+        queue_depth=sum(pending.values()),
+        queue_due=due,
+        lane_jobs=int(jobs),
         in_flight=in_flight,
         dead_letters=int(dead),
         workers_alive=bool(alive),

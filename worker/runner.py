@@ -23,20 +23,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import keys
-from producer.client import SEND_FUNCTION, json_serializer, reconnecting
+from producer.client import json_serializer, reconnecting
 from producer.status_store import StatusStore
 from producer.template_catalog import CatalogTemplate, TemplateCatalog
+from producer.transitions import LANE_FUNCTION, ClaimLimits, Transitions
 from worker.aiohttp_transport import AiohttpTransport
 from worker.backoff import backoff_s
-from worker.dead_letters import DeadLetterStore
-from worker.delivery import Deliverer, DeliveryConfig
+from worker.delivery import Delivery, DeliveryConfig
 from worker.errors import DeliveryError, GraphError, GraphTransportError
 from worker.graph import DEFAULT_GRAPH_API_VERSION, DEFAULT_GRAPH_BASE_URL, GraphClient
+from worker.lane import LaneJob
 from worker.limits import RateConfig, RateLimiter
 from worker.metrics import WorkerMetrics
-from worker.ordering import ConversationOrder
 from worker.pauses import PauseStore
-from worker.windows import WindowStore
+from worker.windows import WINDOW_S
 
 __all__ = [
     "HEALTH_FUNCTION",
@@ -49,7 +49,8 @@ __all__ = [
     "phone_number_health",
     "probe_paused_numbers",
     "run_worker",
-    "send_message",
+    "send_lane",
+    "sweep_lanes",
     "sync_templates",
 ]
 
@@ -70,7 +71,7 @@ log = structlog.get_logger("waq.worker")
 # waq counts attempts itself (only calls that reached Meta or failed to): waiting for a
 # paused number, or arq re-running a job after a crash, must not use up a message's tries.
 # arq's own limit would fail a job silently, leaving the message in no state, so it is set
-# out of reach and Deliverer dead-letters by its own count.
+# out of reach; a lane job comes back through Retry and dead-letters by its own count.
 _ARQ_MAX_TRIES = 1_000_000
 
 
@@ -100,30 +101,61 @@ class WorkerConfig:
     redis_attempts: int = 20  # a command's tries through a Redis outage (run_worker: 8)
     waba_id: str | None = None  # the account whose templates are synced (None: no sync)
     template_sync_s: int | None = 900  # how often workers sync them; None: never by cron
+    lane_sweep_s: int | None = 10  # how often a worker looks for lanes without a job
 
 
-async def send_message(ctx: dict[str, Any], *, message_id: str, request: dict[str, Any]) -> str:
-    """Deliver one message (the arq job); retried only through ``Retry``."""
-    deliverer: Deliverer = ctx["deliverer"]
-    job_try: int = ctx["job_try"]
-    structlog.contextvars.bind_contextvars(
-        message_id=message_id, job_try=job_try, phone_number_id=request.get("phone_number_id")
+def claim_limits(config: WorkerConfig) -> ClaimLimits:
+    """What one claim may take, from the worker's delivery, rate and window settings."""
+    d, r = config.delivery, config.limits
+    return ClaimLimits(
+        max_batch=d.max_batch,
+        horizon_s=d.horizon_s,
+        default_mps=r.default_mps,
+        safety=r.safety,
+        # The pair's spacing gets the same margin as the number's: arrival jitter must not
+        # bring a message in before Meta's bucket has refilled.
+        pair_interval_s=r.pair_interval_s * (1 + r.safety),
+        pair_burst=r.pair_burst,
+        recover_s=r.recover_s,
+        reconcile_wait_s=d.reconcile_wait_s,
+        reconcile_check_s=d.reconcile_check_s,
+        # A claimed message comes due again (a crashed worker's) only after any send of it
+        # could have ended: its slot, the Graph timeout, and a margin.
+        claim_deadline_s=d.horizon_s + config.graph_timeout_s + 5,
+        ambiguous_policy=d.ambiguous_policy,
+        window_s=WINDOW_S - config.window_margin_s,
     )
+
+
+async def send_lane(ctx: dict[str, Any], *, phone_number_id: str, token: str) -> dict[str, Any]:
+    """Drain one sender's lane for a time slice (the arq job); comes back through ``Retry``."""
+    lane: LaneJob = ctx["lane"]
+    structlog.contextvars.bind_contextvars(phone_number_id=phone_number_id, lane_token=token)
     try:
-        return await deliverer.deliver(message_id, request)
+        report = await lane.run(phone_number_id, token)
+        return dataclasses.asdict(report)
     except Retry:
         raise
     except Exception:
-        # A bug or a Redis outage: arq would drop the job. Come back later instead; the
-        # message's crash count (job_errors) lets Deliverer end a job that always fails.
+        # A bug or a Redis outage: arq would drop the job, and the lane with it. Come back
+        # later instead; what the run claimed is reconciled after its claim deadline.
         with contextlib.suppress(Exception):  # a broken log sink must not drop the job
-            log.exception("send.error")
-        errors = job_try
-        with contextlib.suppress(Exception):  # Redis may be what failed
-            errors = await deliverer.statuses.count_job_error(message_id)
-        raise Retry(defer=backoff_s(errors, cap_s=60)) from None
+            log.exception("lane.error")
+        raise Retry(defer=backoff_s(ctx["job_try"], cap_s=30)) from None
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+async def sweep_lanes(ctx: dict[str, Any]) -> dict[str, str]:
+    """Start a job for any lane with messages and no job (its starter died in between)."""
+    transitions: Transitions = ctx["transitions"]
+    started: dict[str, str] = {}
+    for raw in await ctx["redis"].smembers(keys.SENDERS):
+        phone_number_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if (token := await transitions.wake(phone_number_id)) is not None:
+            log.warning("lane.swept", phone_number_id=phone_number_id, token=token)
+            started[phone_number_id] = token
+    return started
 
 
 async def probe_paused_numbers(ctx: dict[str, Any]) -> dict[str, str]:
@@ -142,6 +174,7 @@ async def probe_paused_numbers(ctx: dict[str, Any]) -> dict[str, str]:
             continue
         if info.can_send:
             await pauses.resume(phone_number_id)
+            await ctx["transitions"].wake(phone_number_id)
             log.warning("alert.number_resumed", phone_number_id=phone_number_id, by="health probe")
             results[phone_number_id] = "resumed"
         else:
@@ -272,34 +305,43 @@ def create_worker(config: WorkerConfig) -> Worker:
     async def startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
         statuses = StatusStore(redis, retention_s=config.retention_s)
+        connections = max(config.delivery.max_in_flight, 10)
         graph = GraphClient(
             access_token=config.access_token,
             base_url=config.graph_base_url,
             api_version=config.graph_api_version,
             timeout_s=config.graph_timeout_s,
-            max_connections=max(config.concurrency, 10),
+            max_connections=connections,
             transport=config.transport
             or (
-                AiohttpTransport(max_connections=max(config.concurrency, 10))
+                AiohttpTransport(max_connections=connections)
                 if config.http_client == "aiohttp"
                 else None
             ),
         )
         pauses = PauseStore(redis)
+        limiter = RateLimiter(redis, config.limits)
+        transitions = Transitions(
+            redis, retention_s=config.retention_s, queue_name=config.queue_name
+        )
         ctx.update(
             graph=graph,
             pauses=pauses,
+            transitions=transitions,
             waba_id=config.waba_id,
-            deliverer=Deliverer(
-                graph=graph,
-                statuses=statuses,
-                windows=WindowStore(redis, margin_s=config.window_margin_s),
-                pauses=pauses,
-                dead_letters=DeadLetterStore(redis, statuses, queue_name=config.queue_name),
-                order=ConversationOrder(redis, queue_name=config.queue_name),
-                limiter=RateLimiter(redis, config.limits),
+            lane=LaneJob(
+                transitions=transitions,
+                delivery=Delivery(
+                    graph=graph,
+                    statuses=statuses,
+                    pauses=pauses,
+                    limiter=limiter,
+                    config=config.delivery,
+                    metrics=config.metrics,
+                ),
+                limiter=limiter,
+                limits=claim_limits(config),
                 config=config.delivery,
-                metrics=config.metrics,
             ),
         )
 
@@ -309,6 +351,9 @@ def create_worker(config: WorkerConfig) -> Worker:
             await graph.aclose()
 
     cron_jobs: list[CronJob] = []
+    if config.lane_sweep_s is not None:
+        seconds = _probe_seconds(config.lane_sweep_s)
+        cron_jobs.append(cron(sweep_lanes, second=seconds, run_at_startup=True))
     if config.health_probe_s is not None:
         seconds = _probe_seconds(config.health_probe_s)
         cron_jobs.append(cron(probe_paused_numbers, second=seconds, run_at_startup=False))
@@ -325,7 +370,7 @@ def create_worker(config: WorkerConfig) -> Worker:
         )
     return Worker(
         functions=[
-            func(send_message, name=SEND_FUNCTION, max_tries=_ARQ_MAX_TRIES),
+            func(send_lane, name=LANE_FUNCTION, max_tries=_ARQ_MAX_TRIES),
             # The gateway waits for this result, so it is kept briefly.
             func(phone_number_health, name=HEALTH_FUNCTION, max_tries=1, keep_result=120),
             func(mark_read, name=MARK_READ_FUNCTION, max_tries=1, keep_result=60),
@@ -349,13 +394,16 @@ def create_worker(config: WorkerConfig) -> Worker:
         poll_delay=config.poll_delay_s,
         max_jobs=config.concurrency,
         max_tries=_ARQ_MAX_TRIES,
-        # A send is bounded by the Graph timeout plus a rate slot (<= 1 s) and a few Redis
-        # round trips. arq leases a running job for job_timeout + 10 s: that is how long a
-        # SIGKILLed worker's jobs wait before another worker runs them (29 s by default).
-        job_timeout=config.graph_timeout_s + 4,
-        # SIGTERM: stop taking jobs, let in-flight sends finish and record their outcome.
+        # A lane job runs for its time slice, then finishes the sends in flight (each bounded
+        # by the Graph timeout after a slot <= horizon away). arq leases a running job for
+        # job_timeout + 10 s: how long a SIGKILLed worker's lane waits for another worker.
+        job_timeout=config.delivery.slice_s
+        + config.delivery.horizon_s
+        + config.graph_timeout_s
+        + 5,
+        # SIGTERM: stop taking jobs, let in-flight sends finish and settle their outcomes.
         # arq's default (0) cancels them mid-call and runs them again.
-        job_completion_wait=int(config.graph_timeout_s + 5),
+        job_completion_wait=int(config.delivery.slice_s + config.graph_timeout_s + 5),
         keep_result=0,
         on_startup=startup,
         on_shutdown=shutdown,

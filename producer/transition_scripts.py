@@ -1,0 +1,427 @@
+"""The Lua of every message transition; ``producer.transitions`` is the only module that runs it.
+
+Each script is one atomic step over a message's record, its history, its conversation's order
+list and its sender's lane. They share three helpers: ``finish`` (a message is final: out of
+its lane and order list, the conversation's next message becomes due), ``wake`` (a lane with
+no job, or a job asleep past a message now due, gets a new job token) and ``count`` (the
+dead-letter counts, kept from the entry's own JSON).
+
+Key names built inside a script come from ``producer.keys`` (``_FORMATS``), so the two never
+disagree. On one Redis that is all a script needs; see docs/performance.md for the keys a
+Redis Cluster deployment has to move into the sender's slot first.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from producer import keys
+from producer.status import FINAL_STATES, STATE_RANK
+
+__all__ = [
+    "CLAIM",
+    "DEAD_LETTER",
+    "ENQUEUE",
+    "PURGE",
+    "RECORD",
+    "REQUEUE",
+    "SETTLE",
+    "WAKE_IF_WAITING",
+]
+
+_RANKS = "{" + ", ".join(f"{state.value}={rank}" for state, rank in STATE_RANK.items()) + "}"
+_FINAL = "{" + ", ".join(f"{state.value}=true" for state in FINAL_STATES) + "}"
+
+_FORMATS: Final = f"""
+local RANK = {_RANKS}
+local FINAL = {_FINAL}
+local LANE, JOB = '{keys.lane("%s")}', '{keys.lane_job("%s")}'
+local ORDER, WINDOW = '{keys.order("%s", "%s")}', '{keys.window("%s", "%s")}'
+local PAIR, MSG = '{keys.pair_rate("%s", "%s")}', '{keys.message("")}'
+local HISTORY = '{keys.message_history("%s")}'
+local WAMID, LETTER = '{keys.wamid("")}', '{keys.dead_letter("")}'
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local function wa_of(to) return (string.gsub(to or '', '^%+', '')) end
+"""
+
+# A lane with no job (no token), or whose job sleeps past ``due_ms``, gets a new token: the
+# caller starts the job it names. A job that finds its token replaced exits.
+_WAKE: Final = """
+local function wake(job, due_ms)
+  local j = redis.call('HMGET', job, 'token', 'until')
+  if j[1] and (not j[2] or tonumber(j[2]) <= due_ms) then return false end
+  local n = redis.call('HINCRBY', job, 'n', 1)
+  redis.call('HSET', job, 'token', n)
+  redis.call('HDEL', job, 'until')
+  return tostring(n)
+end
+"""
+
+# The message left its conversation (final, or gone): out of the lane and the order list; the
+# next message of the conversation is due now. Returns a token when a job must be started.
+_FINISH: Final = """
+local function finish(pnid, wa, id)
+  local lane, job = string.format(LANE, pnid), string.format(JOB, pnid)
+  redis.call('ZREM', lane, id)
+  local order = string.format(ORDER, pnid, wa)
+  if redis.call('LREM', order, 1, id) == 1 then redis.call('HINCRBY', job, 'pending', -1) end
+  local head = redis.call('LINDEX', order, 0)
+  if not head then return false end
+  local now_ms = math.floor(clock() * 1000)
+  redis.call('ZADD', lane, 'NX', now_ms, head)
+  return wake(job, now_ms)
+end
+"""
+
+# Dead-letter counts by code, suggestion and sender, from the entry's own JSON.
+_COUNT: Final = """
+local function count(hash, raw, by)
+  local e = cjson.decode(raw)
+  local code = e.error and e.error.code
+  if code == nil or code == cjson.null then code = '' end
+  for _, label in ipairs({'code:' .. tostring(code), 'suggestion:' .. tostring(e.suggestion),
+                          'number:' .. tostring(e.phone_number_id)}) do
+    if redis.call('HINCRBY', hash, label, by) <= 0 then redis.call('HDEL', hash, label) end
+  end
+end
+"""
+
+_PRELUDE: Final = _FORMATS + _WAKE + _FINISH + _COUNT
+
+# KEYS: record, history, order list, lane, lane job. ARGV: id, request fingerprint,
+# retention s, first history event, record fields (flat pairs)...
+# Returns {'', token or nil} created, or {state} when the id has a record (an idempotent
+# repeat; '!state' when the record was made by a different request under the same key).
+ENQUEUE: Final = (
+    _PRELUDE
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then
+  local first = redis.call('HGET', KEYS[1], 'request_hash')
+  if first and first ~= ARGV[2] then return {'!' .. state} end
+  return {state}
+end
+redis.call('HSET', KEYS[1], 'request_hash', ARGV[2], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('HINCRBY', KEYS[5], 'pending', 1)
+local token = false
+if redis.call('RPUSH', KEYS[3], ARGV[1]) == 1 then
+  local now_ms = math.floor(clock() * 1000)
+  redis.call('ZADD', KEYS[4], now_ms, ARGV[1])
+  token = wake(KEYS[5], now_ms)
+end
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return {'', token}
+"""
+)
+
+_FACTOR: Final = """
+local function factor(key, recover, now)
+  local f = tonumber(redis.call('HGET', key, 'factor') or '1')
+  local at = tonumber(redis.call('HGET', key, 'at') or '0')
+  local left = 1 - (now - at) / recover
+  if left <= 0 then return 1 end
+  return 1 + (f - 1) * left
+end
+"""
+
+# KEYS: lane, lane job, number TAT, number slowdown, paused numbers, configured rates.
+# ARGV: 1 token, 2 phone_number_id, 3 max batch, 4 horizon s, 5 default mps, 6 safety,
+# 7 pair interval s, 8 pair burst, 9 recover s, 10 app slowdown factor, 11 reconcile wait s,
+# 12 reconcile check s, 13 claim deadline s, 14 ambiguous policy, 15 window s (minus margin),
+# 16 sleep threshold ms, 17 may go idle (1/0), 18 now (unix s) for the record. The history
+# gets its `sending` event when the batch settles, at the time the request really left.
+# Returns {'stale'} (another job owns the lane), {'paused', nil, pause JSON}, {'idle'} (lane
+# empty, token given up), {'sleep', ms} (token marked asleep until the next due message),
+# {'wait', ms or nil} (look again in ms; nil: when a batch in flight settles), or
+# {'ok', booked s, kind, id, attempt, slot s, request, ...} with kind send / closed / ambiguous.
+CLAIM: Final = (
+    _PRELUDE
+    + _FACTOR
+    + """
+if redis.call('HGET', KEYS[2], 'token') ~= ARGV[1] then return {'stale'} end
+redis.call('HDEL', KEYS[2], 'until')
+local pnid = ARGV[2]
+local pause = redis.call('HGET', KEYS[5], pnid)
+if pause then return {'paused', false, pause} end
+local now = clock()
+local now_ms = math.floor(now * 1000)
+local recover = tonumber(ARGV[9])
+local mps = tonumber(redis.call('HGET', KEYS[6], pnid) or ARGV[5])
+local rate = mps * (1 - tonumber(ARGV[6])) / (factor(KEYS[4], recover, now) * tonumber(ARGV[10]))
+local interval = 1 / rate
+local pair_interval = tonumber(ARGV[7])
+local pair_tolerance = (tonumber(ARGV[8]) - 1) * pair_interval
+local tat = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
+local horizon = now + tonumber(ARGV[4])
+local deadline = tonumber(ARGV[13])
+local window = tonumber(ARGV[15])
+local out = {'ok', false}
+local blocked = false
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(due) do
+  local key = MSG .. id
+  local m = redis.call('HMGET', key, 'state', 'attempts', 'to', 'type', 'sending_at', 'request')
+  local state, wa = m[1], wa_of(m[3])
+  local later = math.floor((now + deadline) * 1000)
+  if not state or FINAL[state] then
+    redis.call('ZREM', KEYS[1], id)  -- a leftover: its record expired, or it is final
+    if state then finish(pnid, wa, id) end
+  elseif state == 'sending' and now - (tonumber(m[5] or '0') or 0) < tonumber(ARGV[11]) then
+    redis.call('ZADD', KEYS[1], math.floor((now + tonumber(ARGV[12])) * 1000), id)
+  elseif state == 'sending' and ARGV[14] == 'dead_letter' then
+    redis.call('ZADD', KEYS[1], later, id)
+    for _, v in ipairs({'ambiguous', id, m[2] or '0', '0', m[6]}) do table.insert(out, v) end
+  elseif m[4] ~= 'template' and now - (tonumber(
+      redis.call('GET', string.format(WINDOW, pnid, wa)) or '0') or 0) >= window then
+    redis.call('ZADD', KEYS[1], later, id)
+    for _, v in ipairs({'closed', id, m[2] or '0', '0', m[6]}) do table.insert(out, v) end
+  else
+    local pair = string.format(PAIR, pnid, wa)
+    local pair_tat = math.max(tonumber(redis.call('GET', pair) or '0'), now)
+    if pair_tat - pair_tolerance > now then
+      redis.call('ZADD', KEYS[1], math.ceil((pair_tat - pair_tolerance) * 1000), id)
+    elseif tat > horizon then
+      blocked = true
+      break
+    else
+      local slot = tat
+      tat = slot + interval
+      local pair_next = math.max(pair_tat, slot) + pair_interval
+      redis.call('SET', pair, tostring(pair_next), 'PX',
+                 math.ceil((pair_next - now) * 1000) + 1000)
+      local attempt = (tonumber(m[2] or '0') or 0) + 1
+      redis.call('HSET', key, 'state', 'sending', 'attempts', attempt, 'sending_at',
+                 tostring(now), 'updated_at', ARGV[18])
+      redis.call('HDEL', key, 'next_attempt_at', 'detail', 'error')
+      redis.call('ZADD', KEYS[1], math.floor((slot + deadline) * 1000), id)
+      for _, v in ipairs({'send', id, tostring(attempt), tostring(slot - now), m[6]}) do
+        table.insert(out, v)
+      end
+    end
+  end
+end
+if tat > now then
+  redis.call('SET', KEYS[3], tostring(tat), 'PX', math.ceil((tat - now + interval) * 1000) + 1000)
+end
+if #out > 2 then
+  out[2] = tostring(tat - now)
+  return out
+end
+if blocked then return {'wait', tostring(math.ceil((tat - horizon) * 1000))} end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not nxt[1] then
+  if ARGV[17] == '1' then
+    redis.call('HDEL', KEYS[2], 'token', 'until')
+    return {'idle'}
+  end
+  return {'wait', false}
+end
+local wait_ms = math.max(tonumber(nxt[2]) - now_ms, 0)
+if wait_ms > tonumber(ARGV[16]) and ARGV[17] == '1' then
+  redis.call('HSET', KEYS[2], 'until', nxt[2])
+  return {'sleep', tostring(wait_ms)}
+end
+return {'wait', tostring(wait_ms)}
+"""
+)
+
+# KEYS: lane, dead-letter index, dead-letter counts. ARGV: phone_number_id, retention s,
+# then 7 per outcome: kind, id, wa_id, a, b, c, d:
+#   accepted: attempt, wamid, history events, -
+#   retry:    due in s, history events, fields JSON (state, detail, error, ...), -
+#   dead:     dead_at, history events, fields JSON, entry JSON
+# (history events: JSON, one per line: the attempt's `sending`, then its outcome).
+# An outcome applies only to a message still in the worker's hands (sending, retrying,
+# queued): a status webhook may have made it final first. Returns started job tokens.
+SETTLE: Final = (
+    _PRELUDE
+    + """
+local pnid, retention = ARGV[1], ARGV[2]
+local tokens = {}
+local function log(history, events)
+  for event in string.gmatch(events, '[^\\n]+') do redis.call('RPUSH', history, event) end
+end
+local now = clock()
+for i = 3, #ARGV, 7 do
+  local kind, id, wa = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key, history = MSG .. id, string.format(HISTORY, id)
+  local state = redis.call('HGET', key, 'state')
+  local open = state and not FINAL[state]
+  local token = false
+  if kind == 'accepted' then
+    redis.call('HSET', key, 'wamid', ARGV[i + 4])
+    redis.call('SET', WAMID .. ARGV[i + 4], id, 'EX', retention)
+    if open then
+      redis.call('HSET', key, 'state', 'accepted', 'updated_at', tostring(now))
+      redis.call('HDEL', key, 'next_attempt_at', 'detail', 'error')
+    end
+    log(history, ARGV[i + 5])
+    token = finish(pnid, wa, id)
+  elseif kind == 'retry' then
+    if open then
+      for field, value in pairs(cjson.decode(ARGV[i + 5])) do
+        redis.call('HSET', key, field, value)
+      end
+      log(history, ARGV[i + 4])
+      redis.call('ZADD', string.format(LANE, pnid),
+                 math.floor((now + tonumber(ARGV[i + 3])) * 1000), id)
+    else
+      token = finish(pnid, wa, id)
+    end
+  elseif kind == 'dead' then
+    if open then
+      local old = redis.call('GET', LETTER .. id)
+      if old then count(KEYS[3], old, -1) end
+      redis.call('SET', LETTER .. id, ARGV[i + 6])
+      redis.call('ZADD', KEYS[2], ARGV[i + 3], id)
+      count(KEYS[3], ARGV[i + 6], 1)
+      for field, value in pairs(cjson.decode(ARGV[i + 5])) do
+        redis.call('HSET', key, field, value)
+      end
+      redis.call('HDEL', key, 'next_attempt_at')
+      log(history, ARGV[i + 4])
+    end
+    token = finish(pnid, wa, id)
+  end
+  if state then
+    redis.call('EXPIRE', key, retention)
+    redis.call('EXPIRE', history, retention)
+  end
+  if token then table.insert(tokens, token) end
+end
+return tokens
+"""
+)
+
+# KEYS: record, history, wamid index. ARGV: state, event, retention s, message id,
+# fields set always (JSON), fields set only when the state moves (JSON), fields to clear then.
+# A state moves only forward (the worker's own states, ranks 0 and 1, among themselves). A
+# message that becomes final here (a status webhook reconciling an unknown outcome) leaves
+# its lane. Returns {1 moved / 0 kept / -1 no record[, token, phone_number_id]}.
+RECORD: Final = (
+    _PRELUDE
+    + """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {-1} end
+local new, old = RANK[ARGV[1]], RANK[current]
+local moves = new >= old or (new <= 1 and old <= 1)
+for field, value in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], field, value) end
+if moves then
+  redis.call('HSET', KEYS[1], 'state', ARGV[1])
+  for field, value in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[1], field, value) end
+  for field in string.gmatch(ARGV[7], '[^,]+') do redis.call('HDEL', KEYS[1], field) end
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if KEYS[3] ~= KEYS[1] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3]) end
+local token = false
+if moves and FINAL[ARGV[1]] and not FINAL[current] then
+  local m = redis.call('HMGET', KEYS[1], 'phone_number_id', 'to')
+  token = finish(m[1], wa_of(m[2]), ARGV[4])
+  if token then return {1, token, m[1]} end
+end
+if moves then return {1} end
+return {0}
+"""
+)
+
+# KEYS: entry, index zset, counts, record, history.
+# ARGV: id, entry JSON, dead_at, event, retention s, states that keep the message alive
+# (",delivered,read," or ","), record fields (flat pairs)... Returns {1 added / 0 refused
+# (the message is already in one of those states: a stale failure)[, token, phone_number_id]}.
+DEAD_LETTER: Final = (
+    _PRELUDE
+    + """
+local current = redis.call('HGET', KEYS[4], 'state')
+if current and string.find(ARGV[6], ',' .. current .. ',', 1, true) then return {0} end
+local old = redis.call('GET', KEYS[1])
+if old then count(KEYS[3], old, -1) end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+count(KEYS[3], ARGV[2], 1)
+redis.call('HSET', KEYS[4], unpack(ARGV, 7))
+redis.call('HDEL', KEYS[4], 'next_attempt_at')
+redis.call('RPUSH', KEYS[5], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+local m = redis.call('HMGET', KEYS[4], 'phone_number_id', 'to')
+if m[1] then
+  local token = finish(m[1], wa_of(m[2]), ARGV[1])
+  if token then return {1, token, m[1]} end
+end
+return {1}
+"""
+)
+
+# Taking an entry out checks first that it is the entry as listed (KEYS[1] the entry,
+# ARGV[2] its JSON then), so an entry rewritten in between (the message died again) stays.
+_TAKE: Final = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'missing'} end
+if raw ~= ARGV[2] then return {'changed'} end
+"""
+
+# KEYS: entry, index, counts, record, history, order list, lane, lane job.
+# ARGV: id, expected entry JSON, retention s, event, created_at, record fields (flat
+# pairs)... Puts the message back as the producer enqueues it and removes the entry, or
+# changes nothing. Returns {'ok', token or nil} or {'missing'} / {'changed'}.
+REQUEUE: Final = (
+    _PRELUDE
+    + _TAKE
+    + """
+redis.call('HSET', KEYS[4], unpack(ARGV, 6))
+redis.call('HSETNX', KEYS[4], 'created_at', ARGV[5])
+redis.call('HDEL', KEYS[4], 'error', 'detail', 'wamid', 'next_attempt_at', 'sending_at')
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+redis.call('RPUSH', KEYS[5], ARGV[4])
+redis.call('EXPIRE', KEYS[5], ARGV[3])
+redis.call('HINCRBY', KEYS[8], 'pending', 1)
+local token = false
+if redis.call('RPUSH', KEYS[6], ARGV[1]) == 1 then
+  local now_ms = math.floor(clock() * 1000)
+  redis.call('ZADD', KEYS[7], now_ms, ARGV[1])
+  token = wake(KEYS[8], now_ms)
+end
+redis.call('EXPIRE', KEYS[6], ARGV[3])
+count(KEYS[3], raw, -1)
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return {'ok', token}
+"""
+)
+
+# KEYS: entry, index, counts, history. ARGV: id, expected entry JSON, event.
+PURGE: Final = (
+    _PRELUDE
+    + _TAKE
+    + """
+count(KEYS[3], raw, -1)
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[3]) end
+return {'ok'}
+"""
+)
+
+# KEYS: lane, lane job. ARGV: arq's job key for this lane's tokens, without the token.
+# A lane with messages whose job is gone (its worker died between a step and starting the
+# job, or arq dropped it) or asleep gets a new token; returns it, or nil.
+WAKE_IF_WAITING: Final = (
+    _PRELUDE
+    + """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not first[1] then return false end
+local token = redis.call('HGET', KEYS[2], 'token')
+if token and redis.call('EXISTS', ARGV[1] .. token) == 0 then
+  redis.call('HDEL', KEYS[2], 'token', 'until')
+end
+return wake(KEYS[2], tonumber(first[2]))
+"""
+)
