@@ -254,15 +254,19 @@ class Transitions:
 
     async def claim(
         self, phone_number_id: str, token: str, limits: ClaimLimits, *, app_factor: float,
-        may_idle: bool,
+        may_idle: bool, max_batch: int | None = None,
     ) -> Claim:  # fmt: skip
-        """Claim a batch of the lane's due messages, with their rate slots, in one step."""
+        """Claim a batch of the lane's due messages, with their rate slots, in one step.
+
+        ``max_batch`` lowers the limits' batch (the caller has only so many calls free).
+        """
         c = limits
+        batch = min(c.max_batch, max_batch or c.max_batch)
         answer = await self._claim(
             keys=[keys.lane(phone_number_id), keys.lane_job(phone_number_id),
                   keys.number_rate(phone_number_id), keys.slowdown(phone_number_id),
                   keys.PAUSED_NUMBERS, keys.RATE_LIMITS],
-            args=[token, phone_number_id, c.max_batch, c.horizon_s, c.default_mps, c.safety,
+            args=[token, phone_number_id, batch, c.horizon_s, c.default_mps, c.safety,
                   c.pair_interval_s, c.pair_burst, c.recover_s, app_factor, c.reconcile_wait_s,
                   c.reconcile_check_s, c.claim_deadline_s, c.ambiguous_policy, c.window_s,
                   c.sleep_after_ms, 1 if may_idle else 0, repr(time.time())],

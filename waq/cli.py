@@ -114,6 +114,8 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
         retention_s=settings.status_retention_s,
         window_margin_s=settings.window_margin_s,
         concurrency=settings.worker_concurrency,
+        http_client=settings.http_client,
+        lane_sweep_s=settings.lane_sweep_s,
         health_probe_s=settings.health_probe_s,
         waba_id=settings.waba_id,
         template_sync_s=settings.template_sync_s,
@@ -124,6 +126,8 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
             pause_check_s=settings.pause_check_s,
             reconcile_wait_s=settings.reconcile_wait_s,
             ambiguous_policy=settings.ambiguous_policy,
+            max_batch=settings.lane_batch,
+            slice_s=settings.lane_slice_s,
         ),
         limits=RateConfig(
             default_mps=settings.default_mps,

@@ -94,9 +94,34 @@ class Settings(BaseSettings):
         default="resend", description="After that wait: resend, or dead-letter as ambiguous."
     )
     worker_concurrency: int = Field(
-        default=50, ge=1, description="Sends one worker process runs at once (arq max_jobs)."
+        default=200,
+        ge=1,
+        description="Graph calls one worker process has open at once (its connection pool), "
+        "and lane jobs it runs at once.",
     )
-    queue_name: str = Field(default="waq:queue", description="The arq queue of send jobs.")
+    http_client: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp",
+        description="The transport under the worker's httpx client: aiohttp's (about a third "
+        "of the CPU per call) or httpx's own pool.",
+    )
+    lane_batch: int = Field(
+        default=200, ge=1, le=10_000, description="Messages one lane claim takes at most."
+    )
+    lane_slice_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A lane job yields after this long, so many senders share few workers.",
+    )
+    lane_sweep_s: int = Field(
+        default=10,
+        ge=1,
+        le=60,
+        description="How often a worker looks for lanes with messages and no job.",
+    )
+    queue_name: str = Field(
+        default="waq:queue",
+        description="The arq queue of lane jobs (and health, read-receipt, template jobs).",
+    )
     waba_id: str | None = Field(
         default=None,
         pattern=r"^[0-9]{1,32}$",

@@ -60,8 +60,6 @@ class DeliveryConfig:
     """How far ahead a claim books the number's rate slots."""
     slice_s: float = 5.0
     """A lane job yields after this long, so many lanes share few workers fairly."""
-    max_in_flight: int = 200
-    """Graph calls one lane job has open at once."""
 
 
 class Delivery:

@@ -87,7 +87,7 @@ class WorkerConfig:
     queue_name: str = keys.DEFAULT_QUEUE
     retention_s: int = 7 * 24 * 3600
     window_margin_s: float = 60.0
-    concurrency: int = 50
+    concurrency: int = 200  # Graph calls open at once (the connection pool), lane jobs at once
     health_probe_s: int | None = 60  # None: no probe (tests drive it by hand)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     limits: RateConfig = field(default_factory=RateConfig)
@@ -95,7 +95,7 @@ class WorkerConfig:
     max_burst_jobs: int = -1
     poll_delay_s: float = 0.05
     transport: httpx.AsyncBaseTransport | None = None
-    http_client: Literal["httpx", "aiohttp"] = "httpx"  # a transport above wins
+    http_client: Literal["httpx", "aiohttp"] = "aiohttp"  # a transport above wins
     metrics: WorkerMetrics | None = None
     metrics_port: int | None = None  # serve /metrics here (run_worker); None: not served
     redis_attempts: int = 20  # a command's tries through a Redis outage (run_worker: 8)
@@ -305,7 +305,7 @@ def create_worker(config: WorkerConfig) -> Worker:
     async def startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
         statuses = StatusStore(redis, retention_s=config.retention_s)
-        connections = max(config.delivery.max_in_flight, 10)
+        connections = max(config.concurrency, 1)
         graph = GraphClient(
             access_token=config.access_token,
             base_url=config.graph_base_url,
@@ -342,6 +342,7 @@ def create_worker(config: WorkerConfig) -> Worker:
                 limiter=limiter,
                 limits=claim_limits(config),
                 config=config.delivery,
+                concurrency=connections,
             ),
         )
 
