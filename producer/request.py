@@ -11,7 +11,7 @@ from producer._model import ContractModel
 from producer.messages import Message
 from producer.recipient import normalize_recipient, wa_id_of
 
-__all__ = ["SendRequest"]
+__all__ = ["SendRequest", "graph_body_of"]
 
 
 MetadataKey = Annotated[str, Field(min_length=1, max_length=limits.METADATA_KEY_MAX_CHARS)]
@@ -57,14 +57,25 @@ class SendRequest(ContractModel):
         ``callback_data`` becomes ``biz_opaque_callback_data``, which Meta echoes in every
         status webhook for this message.
         """
-        body: dict[str, Any] = {
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": self.to,
-            **self.message.graph_fields(),
-        }
-        if callback_data is not None:
-            if len(callback_data) > limits.CALLBACK_DATA_MAX_CHARS:
-                raise ValueError("biz_opaque_callback_data is limited to 512 characters")
-            body["biz_opaque_callback_data"] = callback_data
-        return body
+        return graph_body_of(
+            {"to": self.to, "message": self.message.graph_fields()}, callback_data=callback_data
+        )
+
+
+def graph_body_of(request: dict[str, Any], *, callback_data: str | None = None) -> dict[str, Any]:
+    """``SendRequest.graph_body`` from a request's JSON form, as the producer stored it.
+
+    The worker sends what the producer validated without validating it again (a third of a
+    message's CPU in a profile); a caller that cannot trust the JSON validates it first.
+    """
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": request["to"],
+        **request["message"],
+    }
+    if callback_data is not None:
+        if len(callback_data) > limits.CALLBACK_DATA_MAX_CHARS:
+            raise ValueError("biz_opaque_callback_data is limited to 512 characters")
+        body["biz_opaque_callback_data"] = callback_data
+    return body

@@ -37,17 +37,18 @@ class StatusStore:
         later by webhook can still be dead-lettered with the request that caused it.
         """
         now = time.time()
+        # Defaults are left out (attempts 0, updated_at = created_at, no metadata): a queued
+        # message is mostly this hash, and each field costs ~60 bytes of Redis memory.
         fields = {
             "state": MessageState.QUEUED.value,
             "phone_number_id": request.phone_number_id,
             "to": request.to,
             "type": request.message.type,
-            "attempts": "0",
             "created_at": repr(now),
-            "updated_at": repr(now),
-            "metadata": json.dumps(request.metadata),
             "request": json.dumps(payload, separators=(",", ":")),
         }
+        if request.metadata:
+            fields["metadata"] = json.dumps(request.metadata)
         event = StatusEvent(at=now, state=MessageState.QUEUED).model_dump_json(exclude_none=True)
         return fields, event
 
@@ -96,7 +97,7 @@ class StatusStore:
             detail=fields.get("detail"),
             error=json.loads(fields["error"]) if "error" in fields else None,
             created_at=float(fields.get("created_at", 0)),
-            updated_at=float(fields.get("updated_at", 0)),
+            updated_at=float(fields.get("updated_at") or fields.get("created_at", 0)),
             metadata=json.loads(fields.get("metadata", "{}")),
             history=[StatusEvent.model_validate_json(item) for item in history],
         )

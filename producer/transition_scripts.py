@@ -376,6 +376,7 @@ REQUEUE: Final = (
     _PRELUDE
     + _TAKE
     + """
+redis.call('HDEL', KEYS[4], 'attempts', 'metadata', 'updated_at')
 redis.call('HSET', KEYS[4], unpack(ARGV, 6))
 redis.call('HSETNX', KEYS[4], 'created_at', ARGV[5])
 redis.call('HDEL', KEYS[4], 'error', 'detail', 'wamid', 'next_attempt_at', 'sending_at')

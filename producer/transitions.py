@@ -413,6 +413,7 @@ class Transitions:
         Returns ``ok``, or ``missing`` / ``changed`` when the entry is not as the caller read.
         """
         created_at = fields.pop("created_at", repr(time.time()))
+        fields["updated_at"] = repr(time.time())
         event = StatusEvent(at=time.time(), state=MessageState.QUEUED, detail=detail)
         answer = await self._requeue(
             keys=[keys.dead_letter(message_id), keys.DEAD_LETTERS, keys.DEAD_LETTER_COUNTS,

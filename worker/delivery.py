@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
-from pydantic import ValidationError
 
 from producer.recipient import wa_id_of
-from producer.request import SendRequest
+from producer.request import graph_body_of
 from producer.status import MessageState
 from producer.status_store import StatusStore
 from producer.transitions import Claimed, Outcome
@@ -85,22 +84,22 @@ class Delivery:
     async def send(self, phone_number_id: str, claimed: Claimed) -> Outcome:
         """Make the Graph call (the slot has come) and classify its answer."""
         message_id, attempt = claimed.message_id, claimed.attempt
-        try:
-            request = SendRequest.model_validate(claimed.request)
-        except ValidationError as exc:
-            # Only a producer of another version could enqueue this; keep it for an operator.
-            error = {"code": "invalid_job", "title": "job payload failed validation",
-                     "details": str(exc)}  # fmt: skip
+        request = claimed.request
+        to, message = request.get("to"), request.get("message")
+        if not (isinstance(to, str) and isinstance(message, dict) and "type" in message):
+            # The producer validated it; only a corrupt record, or a producer of another
+            # version, gets here. Keep it for an operator.
+            error = {"code": "invalid_job", "title": "queued request is malformed",
+                     "details": "the stored request has no recipient or no message"}  # fmt: skip
             return await self.dead(
                 claimed, error=error, suggestion=Suggestion.FIX_REQUEST,
                 hint="the queued request no longer validates: fix and requeue it",
             )  # fmt: skip
-        wa_id = request.wa_id
+        wa_id = wa_id_of(to)
+        body = graph_body_of(request, callback_data=message_id)
         started, sent_at = time.perf_counter(), time.time()
         try:
-            result = await self.graph.send(
-                phone_number_id, request.graph_body(callback_data=message_id)
-            )
+            result = await self.graph.send(phone_number_id, body)
         except GraphError as exc:
             self.metrics.graph_latency.labels(result="error").observe(time.perf_counter() - started)
             rule = rule_for(exc.meta_code, http_status=exc.http_status, subcode=exc.subcode)
