@@ -97,7 +97,7 @@ class StatusStore:
             detail=fields.get("detail"),
             error=json.loads(fields["error"]) if "error" in fields else None,
             created_at=float(fields.get("created_at", 0)),
-            updated_at=float(fields.get("updated_at") or fields.get("created_at", 0)),
+            updated_at=float(fields.get("updated_at") or fields.get("created_at") or 0),
             metadata=json.loads(fields.get("metadata", "{}")),
             history=[StatusEvent.model_validate_json(item) for item in history],
         )
