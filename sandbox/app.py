@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from sandbox.config import SandboxConfig
+from sandbox.config import NumberConfig, SandboxConfig
 from sandbox.faults import Fault
 from sandbox.meta import FakeMeta, PendingStatus
 from sandbox.meta_error import MetaError
@@ -323,7 +323,10 @@ async def _recipient(sandbox: Sandbox, body: dict[str, Any], request: Request) -
 
 
 async def _number(sandbox: Sandbox, body: dict[str, Any], request: Request) -> Any:
-    number = sandbox.meta.number(request.path_params["phone_number_id"])
+    phone_number_id = request.path_params["phone_number_id"]
+    if body.get("create") and phone_number_id not in sandbox.meta.numbers:
+        sandbox.meta.numbers[phone_number_id] = NumberConfig()  # until the next reset
+    number = sandbox.meta.number(phone_number_id)
     for name in ("mps", "health", "status", "quality_rating", "send_error_code"):
         if name in body:
             value = body[name]

@@ -125,7 +125,7 @@ class _LaneRun:
                 raise Retry(defer=config.pause_check_s)
             if claim.kind == "sleep":
                 self._end("sleep")
-                raise Retry(defer=claim.wait_s or 0)
+                raise Retry(defer=max(claim.wait_s or 0, 0.001))
             if claim.kind == "ok":
                 await self._start(claim, claimed_at)
                 # The slots booked reach ``wait_s`` ahead: claim again when half are used.
@@ -135,7 +135,9 @@ class _LaneRun:
             if time.monotonic() > ends_at:
                 await self.drain()
                 self._end("yield")
-                raise Retry(defer=0)
+                # Behind every job due now: arq moves a retried job to now + defer only for
+                # a defer above zero (with 0 it keeps its old score, and runs again first).
+                raise Retry(defer=0.001)
 
     def _end(self, how: str) -> LaneReport:
         self.report.ended = how
