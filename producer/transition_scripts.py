@@ -45,6 +45,10 @@ local function clock()
   return tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 local function wa_of(to) return (string.gsub(to or '', '^%+', '')) end
+-- A time as text to the microsecond: Lua's tostring keeps 14 digits, a tenth of a
+-- millisecond for a unix time, and a limiter's next slot rounded down by up to that on every
+-- claim ran 3% fast (992/s against 970/s booked).
+local function t6(x) return string.format('%.6f', x) end
 """
 
 # A lane with no job (no token), or whose job sleeps past ``due_ms``, gets a new token: the
@@ -139,7 +143,8 @@ end
 # Returns {'stale'} (another job owns the lane), {'paused', nil, pause JSON}, {'idle'} (lane
 # empty, token given up), {'sleep', ms} (token marked asleep until the next due message),
 # {'wait', ms or nil} (look again in ms; nil: when a batch in flight settles), or
-# {'ok', booked s, kind, id, attempt, slot s, request, ...} with kind send / closed / ambiguous.
+# {'ok', booked s, Redis's now, kind, id, attempt, slot s, request, ...} with kind send,
+# closed or ambiguous.
 CLAIM: Final = (
     _PRELUDE
     + _FACTOR
@@ -161,7 +166,7 @@ local tat = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
 local horizon = now + tonumber(ARGV[4])
 local deadline = tonumber(ARGV[13])
 local window = tonumber(ARGV[15])
-local out = {'ok', false}
+local out = {'ok', false, false}
 local blocked = false
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(due) do
@@ -193,11 +198,11 @@ for _, id in ipairs(due) do
       local slot = tat
       tat = slot + interval
       local pair_next = math.max(pair_tat, slot) + pair_interval
-      redis.call('SET', pair, tostring(pair_next), 'PX',
+      redis.call('SET', pair, t6(pair_next), 'PX',
                  math.ceil((pair_next - now) * 1000) + 1000)
       local attempt = (tonumber(m[2] or '0') or 0) + 1
       redis.call('HSET', key, 'state', 'sending', 'attempts', attempt, 'sending_at',
-                 tostring(now), 'updated_at', ARGV[18])
+                 t6(now), 'updated_at', ARGV[18])
       redis.call('HDEL', key, 'next_attempt_at', 'detail', 'error')
       redis.call('ZADD', KEYS[1], math.floor((slot + deadline) * 1000), id)
       for _, v in ipairs({'send', id, tostring(attempt), tostring(slot - now), m[6]}) do
@@ -207,10 +212,11 @@ for _, id in ipairs(due) do
   end
 end
 if tat > now then
-  redis.call('SET', KEYS[3], tostring(tat), 'PX', math.ceil((tat - now + interval) * 1000) + 1000)
+  redis.call('SET', KEYS[3], t6(tat), 'PX', math.ceil((tat - now + interval) * 1000) + 1000)
 end
-if #out > 2 then
+if #out > 3 then
   out[2] = tostring(tat - now)
+  out[3] = t6(now)
   return out
 end
 if blocked then return {'wait', tostring(math.ceil((tat - horizon) * 1000))} end
@@ -258,7 +264,7 @@ for i = 3, #ARGV, 7 do
     redis.call('HSET', key, 'wamid', ARGV[i + 4])
     redis.call('SET', WAMID .. ARGV[i + 4], id, 'EX', retention)
     if open then
-      redis.call('HSET', key, 'state', 'accepted', 'updated_at', tostring(now))
+      redis.call('HSET', key, 'state', 'accepted', 'updated_at', t6(now))
       redis.call('HDEL', key, 'next_attempt_at', 'detail', 'error')
     end
     log(history, ARGV[i + 5])

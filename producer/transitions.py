@@ -75,7 +75,7 @@ class Claimed:
     message_id: str
     attempt: int
     slot_s: float
-    """Seconds after the claim (Redis's clock) when it may leave."""
+    """Seconds after the claim (``Claim.redis_now``) when it may leave."""
     request: dict[str, Any]
 
 
@@ -89,6 +89,8 @@ class Claim:
     """For ``ok``: how far ahead the number's slots are booked; for ``sleep`` and ``wait``:
     when to look again (None: when a batch in flight settles)."""
     pause: str | None = None
+    redis_now: float = 0.0
+    """Redis's clock (unix s) when it claimed: the slots are this plus each ``slot_s``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +281,7 @@ class Transitions:
             return Claim(kind, wait_s=float(wait) / 1000 if wait is not None else None)  # type: ignore[arg-type]
         if kind != "ok":
             return Claim(kind)  # type: ignore[arg-type]
-        items = answer[2:]
+        items = answer[3:]
         messages = [
             Claimed(
                 kind=_text(items[i]),  # type: ignore[arg-type]
@@ -290,7 +292,7 @@ class Transitions:
             )
             for i in range(0, len(items), 5)
         ]
-        return Claim("ok", messages, wait_s=float(answer[1]))
+        return Claim("ok", messages, wait_s=float(answer[1]), redis_now=float(answer[2]))
 
     async def settle(self, phone_number_id: str, outcomes: Sequence[Outcome]) -> None:
         """Record a batch's outcomes in one step; start any lane job that step asks for."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import structlog
@@ -44,6 +45,36 @@ class LaneReport:
     ended: str = ""
 
 
+class RedisClock:
+    """Maps Redis's clock (the limiter's slots) onto this process's monotonic clock.
+
+    A claim ran at Redis time ``now`` somewhere between asking and reading the answer, so
+    ``now - answered`` is a lower bound of the offset between the clocks. Each claim alone
+    gives a different bound (a 200-message claim takes milliseconds longer to run and parse
+    than a 5-message one), and mapping each claim's slots with its own bound squeezed the
+    schedule: sends ran at 991/s against 970/s booked in a 1,000 mps run. The largest bound
+    of the last ``window_s`` is the tightest and the same for every claim; a slot mapped
+    with it is never early.
+    """
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        self.window_s = window_s
+        self._bounds: deque[tuple[float, float]] = deque()
+
+    def offset(self, *, redis_now: float, answered: float) -> float:
+        """Redis's clock minus the monotonic clock: subtract it from a slot.
+
+        From a claim's ``redis_now`` and when its answer was read (``time.monotonic()``).
+        """
+        bound = redis_now - answered
+        while self._bounds and self._bounds[-1][1] <= bound:
+            self._bounds.pop()
+        self._bounds.append((answered, bound))
+        while answered - self._bounds[0][0] > self.window_s:
+            self._bounds.popleft()
+        return self._bounds[0][1]
+
+
 class LaneJob:
     """Drains lanes; one instance per worker process, one ``run`` per arq job."""
 
@@ -70,6 +101,7 @@ class LaneJob:
         # size. More would queue inside the HTTP client (httpcore scans its whole pool for
         # each queued request: a py-spy profile showed 64% of the CPU there at 200).
         self.concurrency = concurrency
+        self.clock = RedisClock()
         self.calls = asyncio.Semaphore(concurrency)
 
     async def run(self, phone_number_id: str, token: str) -> LaneReport:
@@ -98,6 +130,8 @@ class _LaneRun:
         self.token = token
         self.report = LaneReport()
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.active = 0
+        """Claimed messages whose slot has come: calling Meta, or about to."""
         self.pending: list[Outcome] = []
         self.settling: asyncio.Task[None] | None = None
         self.settled = asyncio.Event()
@@ -106,9 +140,10 @@ class _LaneRun:
         config = self.job.config
         ends_at = time.monotonic() + config.slice_s
         while True:
-            if (free := self.job.concurrency - len(self.in_flight)) <= 0:
+            if (free := self.job.concurrency - self.active) <= 0:
                 # Claim no more than can be sent on time: a message claimed beyond the calls
-                # free would wait for one, miss its slot and go back in line.
+                # free would wait for one, miss its slot and go back in line. Messages asleep
+                # until a later slot do not count (the horizon bounds them).
                 await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
             claim = await self.job.transitions.claim(
@@ -148,8 +183,14 @@ class _LaneRun:
 
     async def _start(self, claim: Claim, claimed_at: float) -> None:
         self.report.claims += 1
+        offset = self.job.clock.offset(redis_now=claim.redis_now, answered=claimed_at)
+        now = time.monotonic()
         for claimed in claim.messages:
-            task = asyncio.create_task(self._deliver(claimed, claimed_at + claimed.slot_s))
+            at = claim.redis_now + claimed.slot_s - offset
+            due = at <= now or claimed.kind != "send"
+            if due:
+                self.active += 1
+            task = asyncio.create_task(self._deliver(claimed, at, counted=due, wait_s=at - now))
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
 
@@ -167,24 +208,29 @@ class _LaneRun:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.settled.wait(), timeout=wait_s)
 
-    async def _deliver(self, claimed: Claimed, at: float) -> None:
+    async def _deliver(self, claimed: Claimed, at: float, *, counted: bool, wait_s: float) -> None:
+        if not counted:
+            await asyncio.sleep(at - time.monotonic())
+            self.active += 1
+        try:
+            await self._deliver_now(claimed, at, wait_s)
+        finally:
+            self.active -= 1
+
+    async def _deliver_now(self, claimed: Claimed, at: float, wait_s: float) -> None:
         delivery = self.job.delivery
         try:
             if claimed.kind == "closed":
                 outcome = await delivery.closed_window(claimed)
             elif claimed.kind == "ambiguous":
                 outcome = await delivery.ambiguous(claimed)
+            elif time.monotonic() - at > self.job.late_tolerance_s:
+                outcome = delivery.missed_slot(claimed)
             else:
-                delay = at - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if time.monotonic() - at > self.job.late_tolerance_s:
-                    outcome = delivery.missed_slot(claimed)
-                else:
-                    delivery.metrics.rate_limit_wait.observe(max(delay, 0.0))
-                    async with self.job.calls:  # shared with this process's other lanes
-                        outcome = await delivery.send(self.pnid, claimed)
-                    self.report.sent += 1
+                delivery.metrics.rate_limit_wait.observe(max(wait_s, 0.0))
+                async with self.job.calls:  # shared with this process's other lanes
+                    outcome = await delivery.send(self.pnid, claimed)
+                self.report.sent += 1
         except Exception as exc:  # a bug: count it as a failed attempt, never loop forever
             log.exception("send.error", message_id=claimed.message_id)
             rule = ErrorRule(
