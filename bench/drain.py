@@ -97,6 +97,9 @@ def waq_worker(redis_url: str, sandbox_url: str, transport: str, clock: dict[str
         burst=True,
         health_probe_s=None,
         http_client=transport,  # type: ignore[arg-type]  # argparse checked the choice
+        # httpx's own pool scans every connection for each request (py-spy: 57% of the CPU
+        # at 50 connections); docs/configuration.md says to keep it near 20 with httpx.
+        concurrency=20 if transport == "httpx" else 200,
         delivery=DeliveryConfig(backoff_base_s=0.05, backoff_cap_s=0.5),
         limits=RateConfig(default_mps=100_000),
     )

@@ -238,9 +238,10 @@ return {'wait', tostring(wait_ms)}
 )
 
 # KEYS: lane, dead-letter index, dead-letter counts. ARGV: phone_number_id, retention s,
-# then 7 per outcome: kind, id, wa_id, a, b, c, d:
+# pair interval s, then 7 per outcome: kind, id, wa_id, a, b, c, d:
 #   accepted: attempt, wamid, history events, -
-#   retry:    due in s, history events, fields JSON (state, detail, error, ...), -
+#   retry:    due in s, history events, fields JSON (state, detail, error, ...),
+#             'unsent' when the request never left (its pair slot is given back)
 #   dead:     dead_at, history events, fields JSON, entry JSON
 # (history events: JSON, one per line: the attempt's `sending`, then its outcome).
 # An outcome applies only to a message still in the worker's hands (sending, retrying,
@@ -248,13 +249,13 @@ return {'wait', tostring(wait_ms)}
 SETTLE: Final = (
     _PRELUDE
     + """
-local pnid, retention = ARGV[1], ARGV[2]
+local pnid, retention, pair_interval = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local tokens = {}
 local function log(history, events)
   for event in string.gmatch(events, '[^\\n]+') do redis.call('RPUSH', history, event) end
 end
 local now = clock()
-for i = 3, #ARGV, 7 do
+for i = 4, #ARGV, 7 do
   local kind, id, wa = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key, history = MSG .. id, string.format(HISTORY, id)
   local state = redis.call('HGET', key, 'state')
@@ -277,6 +278,13 @@ for i = 3, #ARGV, 7 do
       log(history, ARGV[i + 4])
       redis.call('ZADD', string.format(LANE, pnid),
                  math.floor((now + tonumber(ARGV[i + 3])) * 1000), id)
+      if ARGV[i + 6] == 'unsent' then  -- it never left: its pair slot goes back
+        local pair = string.format(PAIR, pnid, wa)
+        local tat = tonumber(redis.call('GET', pair) or '0')
+        if tat > now then
+          redis.call('SET', pair, t6(math.max(now, tat - pair_interval)), 'KEEPTTL')
+        end
+      end
     else
       token = finish(pnid, wa, id)
     end

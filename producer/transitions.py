@@ -124,12 +124,14 @@ class Outcome:
         error: dict[str, Any] | None = None,
         attempts: int | None = None,
         sent_at: float | None = None,
+        unsent: bool = False,
     ) -> Outcome:
         """Back in the lane, due in ``due_s``.
 
         ``state`` says why (retrying, queued, or sending for an unknown outcome);
         ``attempts`` rewrites the count (a wait is free); ``sent_at``: the request left then
-        (None: it never did).
+        (None: it never did); ``unsent``: it was claimed but never left, so the pair's rate
+        slot it took goes back.
         """
         now = time.time()
         fields: dict[str, str] = {"state": state.value, "updated_at": repr(now)}
@@ -143,7 +145,12 @@ class Outcome:
             fields["attempts"] = str(attempts)
         event = StatusEvent(at=now, state=state, attempt=attempt, detail=detail, error=error)
         events = _events(event, attempt=attempt, sent_at=sent_at)
-        return cls("retry", message_id, wa_id, (repr(due_s), events, json.dumps(fields), ""))
+        return cls(
+            "retry",
+            message_id,
+            wa_id,
+            (repr(due_s), events, json.dumps(fields), "unsent" if unsent else ""),
+        )
 
     @classmethod
     def dead(
@@ -294,11 +301,13 @@ class Transitions:
         ]
         return Claim("ok", messages, wait_s=float(answer[1]), redis_now=float(answer[2]))
 
-    async def settle(self, phone_number_id: str, outcomes: Sequence[Outcome]) -> None:
+    async def settle(
+        self, phone_number_id: str, outcomes: Sequence[Outcome], limits: ClaimLimits
+    ) -> None:
         """Record a batch's outcomes in one step; start any lane job that step asks for."""
         if not outcomes:
             return
-        args: list[str | int] = [phone_number_id, self.retention_s]
+        args: list[str | int | float] = [phone_number_id, self.retention_s, limits.pair_interval_s]
         for o in outcomes:
             args += [o.kind, o.message_id, o.wa_id, *o.args]
         tokens = await self._settle(

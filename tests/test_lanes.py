@@ -83,7 +83,7 @@ async def test_going_idle_and_a_new_message_hand_off_atomically(redis: Redis) ->
     outcome = Outcome.accepted(
         sent.message_id, wa_id_of(CUSTOMER), attempt=1, wamid="wamid.1", sent_at=time.time()
     )
-    await transitions.settle(PNID, [outcome])
+    await transitions.settle(PNID, [outcome], LIMITS)
     waiting = await transitions.claim(PNID, "1", LIMITS, app_factor=1.0, may_idle=False)
     assert (waiting.kind, waiting.wait_s) == ("wait", None)
     assert await redis.hget(keys.lane_job(PNID), "token") == b"1"
@@ -110,7 +110,7 @@ async def test_a_sleeping_lane_is_woken_by_a_message_due_sooner(redis: Redis) ->
     retry = Outcome.retry(
         first.message_id, wa_id_of(CUSTOMER), state=MessageState.RETRYING, attempt=1, due_s=60
     )
-    await transitions.settle(PNID, [retry])
+    await transitions.settle(PNID, [retry], LIMITS)
     sleep = await transitions.claim(PNID, "1", LIMITS, app_factor=1.0, may_idle=True)
     assert sleep.kind == "sleep"
     assert sleep.wait_s == pytest.approx(60, abs=1)
@@ -189,3 +189,31 @@ async def test_lanes_share_one_worker_by_time_slices(
     assert sorted(senders) == sorted([PNID] * 30 + [OTHER] * 30)
     switches = sum(1 for a, b in itertools.pairwise(senders) if a != b)
     assert switches >= 3, senders
+
+
+async def test_a_missed_slot_goes_back_in_line_and_gives_its_pair_slot_back(
+    redis: Redis,
+) -> None:
+    """A message claimed but never sent (the worker woke too late for its slot) is queued
+    again with its attempt not counted, no `sending` in its history, and the customer's pair
+    slot returned: a worker too busy to keep its slots must not use up a customer's burst."""
+    transitions = Transitions(redis, retention_s=3600)
+    sent = await Producer(redis).enqueue(request())
+    pair = keys.pair_rate(PNID, wa_id_of(CUSTOMER))
+    assert await redis.get(pair) is None
+    claim = await transitions.claim(PNID, "1", LIMITS, app_factor=1.0, may_idle=True)
+    [claimed] = claim.messages
+    booked = float(await redis.get(pair) or 0)
+    assert booked > time.time()
+    missed = Outcome.retry(
+        sent.message_id, wa_id_of(CUSTOMER), state=MessageState.QUEUED, attempt=claimed.attempt,
+        attempts=claimed.attempt - 1, due_s=0.0, detail="missed", unsent=True,
+    )  # fmt: skip
+    await transitions.settle(PNID, [missed], LIMITS)
+    assert float(await redis.get(pair) or 0) == pytest.approx(booked - LIMITS.pair_interval_s)
+    status = await StatusStore(redis, retention_s=3600).get(sent.message_id)
+    assert status is not None
+    assert (status.state, status.attempts) == (MessageState.QUEUED, 0)
+    assert [e.state for e in status.history] == [MessageState.QUEUED, MessageState.QUEUED]
+    again = await transitions.claim(PNID, "1", LIMITS, app_factor=1.0, may_idle=True)
+    assert [(m.message_id, m.attempt) for m in again.messages] == [(sent.message_id, 1)]

@@ -137,6 +137,7 @@ class Delivery:
         return Outcome.retry(
             claimed.message_id, wa_id, state=MessageState.QUEUED, attempt=claimed.attempt,
             attempts=claimed.attempt - 1, due_s=0.0, detail="missed its rate slot: next one",
+            unsent=True,
         )  # fmt: skip
 
     async def closed_window(self, claimed: Claimed) -> Outcome:

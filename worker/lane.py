@@ -256,7 +256,7 @@ class _LaneRun:
                 batch, self.pending = self.pending, []
                 for attempt in range(_SETTLE_TRIES):
                     try:
-                        await self.job.transitions.settle(self.pnid, batch)
+                        await self.job.transitions.settle(self.pnid, batch, self.job.limits)
                         break
                     except Exception:
                         if attempt == _SETTLE_TRIES - 1:
