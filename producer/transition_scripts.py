@@ -67,14 +67,14 @@ end
 # The message left its conversation (final, or gone): out of the lane and the order list; the
 # next message of the conversation is due now. Returns a token when a job must be started.
 _FINISH: Final = """
-local function finish(pnid, wa, id)
+local function finish(pnid, wa, id, now)
   local lane, job = string.format(LANE, pnid), string.format(JOB, pnid)
   redis.call('ZREM', lane, id)
   local order = string.format(ORDER, pnid, wa)
   if redis.call('LREM', order, 1, id) == 1 then redis.call('HINCRBY', job, 'pending', -1) end
   local head = redis.call('LINDEX', order, 0)
   if not head then return false end
-  local now_ms = math.floor(clock() * 1000)
+  local now_ms = math.floor((now or clock()) * 1000)
   redis.call('ZADD', lane, 'NX', now_ms, head)
   return wake(job, now_ms)
 end
@@ -171,12 +171,13 @@ local blocked = false
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(due) do
   local key = MSG .. id
-  local m = redis.call('HMGET', key, 'state', 'attempts', 'to', 'type', 'sending_at', 'request')
+  local m = redis.call('HMGET', key, 'state', 'attempts', 'to', 'type', 'sending_at', 'request',
+                       'detail', 'next_attempt_at', 'error')
   local state, wa = m[1], wa_of(m[3])
   local later = math.floor((now + deadline) * 1000)
   if not state or FINAL[state] then
     redis.call('ZREM', KEYS[1], id)  -- a leftover: its record expired, or it is final
-    if state then finish(pnid, wa, id) end
+    if state then finish(pnid, wa, id, now) end
   elseif state == 'sending' and now - (tonumber(m[5] or '0') or 0) < tonumber(ARGV[11]) then
     redis.call('ZADD', KEYS[1], math.floor((now + tonumber(ARGV[12])) * 1000), id)
   elseif state == 'sending' and ARGV[14] == 'dead_letter' then
@@ -203,7 +204,7 @@ for _, id in ipairs(due) do
       local attempt = (tonumber(m[2] or '0') or 0) + 1
       redis.call('HSET', key, 'state', 'sending', 'attempts', attempt, 'sending_at',
                  t6(now), 'updated_at', ARGV[18])
-      redis.call('HDEL', key, 'next_attempt_at', 'detail', 'error')
+      if m[7] or m[8] or m[9] then redis.call('HDEL', key, 'next_attempt_at', 'detail', 'error') end
       redis.call('ZADD', KEYS[1], math.floor((slot + deadline) * 1000), id)
       for _, v in ipairs({'send', id, tostring(attempt), tostring(slot - now), m[6]}) do
         table.insert(out, v)
@@ -252,7 +253,9 @@ SETTLE: Final = (
 local pnid, retention, pair_interval = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local tokens = {}
 local function log(history, events)
-  for event in string.gmatch(events, '[^\\n]+') do redis.call('RPUSH', history, event) end
+  local lines = {}
+  for event in string.gmatch(events, '[^\\n]+') do table.insert(lines, event) end
+  redis.call('RPUSH', history, unpack(lines))
 end
 local now = clock()
 for i = 4, #ARGV, 7 do
@@ -262,14 +265,16 @@ for i = 4, #ARGV, 7 do
   local open = state and not FINAL[state]
   local token = false
   if kind == 'accepted' then
-    redis.call('HSET', key, 'wamid', ARGV[i + 4])
-    redis.call('SET', WAMID .. ARGV[i + 4], id, 'EX', retention)
+    -- The claim cleared detail, error and next_attempt_at; the record and its history keep
+    -- the retention their last move gave them (a status webhook gives them another).
     if open then
-      redis.call('HSET', key, 'state', 'accepted', 'updated_at', t6(now))
-      redis.call('HDEL', key, 'next_attempt_at', 'detail', 'error')
+      redis.call('HSET', key, 'wamid', ARGV[i + 4], 'state', 'accepted', 'updated_at', t6(now))
+    else
+      redis.call('HSET', key, 'wamid', ARGV[i + 4])
     end
+    redis.call('SET', WAMID .. ARGV[i + 4], id, 'EX', retention)
     log(history, ARGV[i + 5])
-    token = finish(pnid, wa, id)
+    token = finish(pnid, wa, id, now)
   elseif kind == 'retry' then
     if open then
       for field, value in pairs(cjson.decode(ARGV[i + 5])) do
@@ -286,7 +291,7 @@ for i = 4, #ARGV, 7 do
         end
       end
     else
-      token = finish(pnid, wa, id)
+      token = finish(pnid, wa, id, now)
     end
   elseif kind == 'dead' then
     if open then
@@ -301,9 +306,9 @@ for i = 4, #ARGV, 7 do
       redis.call('HDEL', key, 'next_attempt_at')
       log(history, ARGV[i + 4])
     end
-    token = finish(pnid, wa, id)
+    token = finish(pnid, wa, id, now)
   end
-  if state then
+  if state and kind ~= 'accepted' then
     redis.call('EXPIRE', key, retention)
     redis.call('EXPIRE', history, retention)
   end
