@@ -164,6 +164,7 @@ local pair_interval = tonumber(ARGV[7])
 local pair_tolerance = (tonumber(ARGV[8]) - 1) * pair_interval
 local tat = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
 local horizon = now + tonumber(ARGV[4])
+local PAIR_WAIT = 'waiting for the rate limit of this customer (Meta: 1 per 6 s, bursts of 45)'
 local deadline = tonumber(ARGV[13])
 local window = tonumber(ARGV[15])
 local out = {'ok', false, false}
@@ -192,6 +193,11 @@ for _, id in ipairs(due) do
     local pair_tat = math.max(tonumber(redis.call('GET', pair) or '0'), now)
     if pair_tat - pair_tolerance > now then
       redis.call('ZADD', KEYS[1], math.ceil((pair_tat - pair_tolerance) * 1000), id)
+      if m[7] ~= PAIR_WAIT then  -- said once per wait, in the record and its history
+        redis.call('HSET', key, 'detail', PAIR_WAIT)
+        redis.call('RPUSH', string.format(HISTORY, id),
+                   '{"at":' .. ARGV[18] .. ',"state":"queued","detail":"' .. PAIR_WAIT .. '"}')
+      end
     elseif tat > horizon then
       blocked = true
       break

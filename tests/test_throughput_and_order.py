@@ -156,7 +156,7 @@ async def test_hammered_pair_waits_alone(redis: Redis, redis_url: str) -> None:
             hammered, other = "+16505553000", "+16505553001"
             await open_windows(sandbox, redis, [hammered, other])
             producer = Producer(redis)
-            await producer.enqueue_many(
+            queued = await producer.enqueue_many(
                 [{"phone_number_id": PNID, "to": hammered, "message": TEXT} for _ in range(15)]
             )
             await producer.enqueue_many(
@@ -173,3 +173,8 @@ async def test_hammered_pair_waits_alone(redis: Redis, redis_url: str) -> None:
     assert len(accepted_at[hammered]) == 15
     assert max(accepted_at[other]) < 1.0
     assert max(accepted_at[hammered]) >= (15 - 5) * 0.5
+    # Each message that waited for the customer's limit says so, once, in its history.
+    last = await producer.status(queued[-1].message_id)
+    assert last is not None
+    waits = [e for e in last.history if "rate limit of this customer" in (e.detail or "")]
+    assert len(waits) == 1

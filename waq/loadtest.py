@@ -89,7 +89,8 @@ class LoadReport(BaseModel):
     dead_letters_by_code: dict[str, int]
     retries: int
     rate_limit_waits: int
-    """Messages that waited at least once for a rate-limit slot."""
+    """Messages that waited at least once for their customer's pair limit (the number's
+    limit shows in the send rate: every message waits its slot)."""
     unfinished: int
     """Messages not final when the watch ended (deadline passed)."""
     rejected: int = 0
@@ -119,7 +120,7 @@ class LoadReport(BaseModel):
         lines.append("states    " + ", ".join(f"{k} {v}" for k, v in sorted(self.states.items())))
         dead = ", ".join(f"{k}: {v}" for k, v in self.dead_letters_by_code.items()) or "none"
         lines.append(f"dead letters by code  {dead}")
-        lines.append(f"retries {self.retries}, messages that waited for a rate limit "
+        lines.append(f"retries {self.retries}, messages that waited for a customer's limit "
                      f"{self.rate_limit_waits}, unfinished {self.unfinished}, "
                      f"refused at enqueue {self.rejected}")  # fmt: skip
         return "\n".join(lines)
