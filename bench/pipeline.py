@@ -106,8 +106,13 @@ class Bench:
         self.sandbox = SandboxClient(sandbox_url)
         self.customers = [f"+1650{5550000 + i}" for i in range(messages // PER_CUSTOMER + 1)]
 
-    async def reset(self, latency_ms: float) -> None:
-        """Empty Redis and the sandbox; every customer writes in; Meta answers after latency."""
+    async def reset(self, latency_ms: float, *, per_customer: int = PER_CUSTOMER) -> None:
+        """Empty Redis and the sandbox; every customer writes in; Meta answers after latency.
+
+        ``per_customer`` messages go to each customer, in order: a conversation has one send
+        in flight at a time, so fewer customers means fewer sends in flight.
+        """
+        self.customers = [f"+1650{5550000 + i}" for i in range(self.messages // per_customer + 1)]
         await self.redis.flushall()
         await self.sandbox.reset()
         await self.sandbox.set_number(PNID, mps=1_000_000)
@@ -217,12 +222,18 @@ class Bench:
 
 
 SCENARIOS: list[tuple[str, str, dict[str, Any], float]] = [
-    # name, kind, drain options, sandbox latency (ms)
+    # name, kind, drain options (and per_customer), sandbox latency (ms)
     ("arq no-op", "noop", {}, 0),
     ("arq + httpx POST", "httpx", {}, 0),
     ("waq (httpx)", "waq", {"transport": "httpx"}, 0),
     ("waq (aiohttp)", "waq", {"transport": "aiohttp"}, 0),
     ("waq (aiohttp), Meta +50 ms", "waq", {"transport": "aiohttp"}, 50),
+    (
+        "waq (aiohttp), Meta +50 ms, 1 msg/customer",
+        "waq",
+        {"transport": "aiohttp", "per_customer": 1},
+        50,
+    ),
     ("arq + httpx POST, Meta +50 ms", "httpx", {}, 50),
     ("waq (aiohttp), 2 workers", "waq", {"transport": "aiohttp", "workers": 2}, 0),
 ]
@@ -242,8 +253,9 @@ async def run_all(
     memory: list[float] = []
     try:
         for repeat in range(repeats):
-            for name, kind, options, latency in scenarios:
-                await bench.reset(latency)
+            for name, kind, scenario, latency in scenarios:
+                options = dict(scenario)
+                await bench.reset(latency, per_customer=options.pop("per_customer", PER_CUSTOMER))
                 if kind == "waq":
                     memory.append(await bench.fill_waq())
                 else:
@@ -291,6 +303,9 @@ def report(result: dict[str, Any], messages: int, repeats: int) -> str:
         ("waq (httpx)   / arq + httpx POST", "waq (httpx)", "arq + httpx POST"),
         ("waq +50 ms / arq + httpx +50 ms", "waq (aiohttp), Meta +50 ms",
          "arq + httpx POST, Meta +50 ms"),
+        ("waq +50 ms / waq at once", "waq (aiohttp), Meta +50 ms", "waq (aiohttp)"),
+        ("same, 1 msg per customer", "waq (aiohttp), Meta +50 ms, 1 msg/customer",
+         "waq (aiohttp)"),
         ("2 workers / 1 worker", "waq (aiohttp), 2 workers", "waq (aiohttp)"),
     ]  # fmt: skip
     lines.append("")
