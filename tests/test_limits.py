@@ -1,66 +1,110 @@
-"""The shared rate limiter, against a real Redis."""
+"""Meta's rate limits as a lane's claim books them, and the limiter's reactions, on real Redis.
+
+The claim (``producer.transitions``) books every slot in production; these tests claim as a
+lane job does and read the slots it handed out.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from producer import ClaimLimits, Producer, keys
+from producer.recipient import wa_id_of
+from producer.transitions import Claim, Outcome, Transitions
+from tests.support import TEMPLATE
 from worker.limits import APP_SCOPE, RateConfig, RateLimiter
 
 PNID = "106540352242922"
+OPEN = 1e12  # every window open: these tests are about the limits
+
+
+def to(i: int) -> str:
+    return f"+1650555{i:04d}"
+
+
+async def enqueue(redis: Redis, recipients: list[str]) -> list[str]:
+    """One message to each recipient, in order; their ids."""
+    answers = await Producer(redis).enqueue_many(
+        [{"phone_number_id": PNID, "to": r, "message": TEMPLATE} for r in recipients]
+    )
+    return [a.message_id for a in answers]
+
+
+async def claim(redis: Redis, **limits: Any) -> Claim:
+    transitions = Transitions(redis, retention_s=3600)
+    chosen = dataclasses.replace(ClaimLimits(window_s=OPEN), **limits)
+    return await transitions.claim(PNID, "1", chosen, app_factor=1.0, may_idle=False)
 
 
 async def test_number_slots_are_evenly_spaced_below_the_rate(redis: Redis) -> None:
-    """Each reservation gets its own slot, 1/rate apart (minus the safety margin): no herd."""
-    limiter = RateLimiter(redis, RateConfig(default_mps=50, safety=0.0, pair_burst=1000))
-    started = time.monotonic()
-    slots = [await limiter.acquire(PNID, f"1650555{i:04d}") for i in range(40)]
-    took = time.monotonic() - started
-    assert all(s.granted for s in slots)
-    waits = [s.wait_s for s in slots]
-    gaps = [b - a for a, b in itertools.pairwise(waits)]
-    # Each call also takes time, so a gap is 1/50 s minus the call's own duration: bounds
-    # that hold however slow the machine is, not a timing.
-    assert all(gap <= 0.02 + 1e-6 for gap in gaps)
-    assert 39 * 0.02 - took - 1e-3 <= waits[-1] <= 39 * 0.02 + 1e-6
-
-
-async def test_long_waits_are_not_reserved(redis: Redis) -> None:
-    """Past max_sleep_s the limiter reserves nothing and says how long to come back after."""
-    limiter = RateLimiter(
-        redis, RateConfig(default_mps=1, safety=0.0, max_sleep_s=0.25, pair_burst=1000)
+    """One claim books each message its own slot, 1/rate apart (minus the safety margin)."""
+    await enqueue(redis, [to(i) for i in range(40)])
+    batch = await claim(redis, default_mps=50, safety=0.0, horizon_s=1.0, pair_burst=1000)
+    slots = [m.slot_s for m in batch.messages]
+    assert len(slots) == 40
+    assert slots[0] == pytest.approx(0.0, abs=1e-5)
+    assert all(b - a == pytest.approx(0.02, abs=1e-5) for a, b in itertools.pairwise(slots))
+    safer = await Producer(redis).enqueue(
+        {"phone_number_id": PNID, "to": to(99), "message": TEMPLATE}
     )
-    assert (await limiter.acquire(PNID, "16505550000")).granted
-    refused = await limiter.acquire(PNID, "16505559999")  # its slot is 1 s out
-    assert not refused.granted
-    assert refused.reason == "number"
-    assert 0.25 < refused.wait_s <= 1.0
-    again = await limiter.acquire(PNID, "16505559999")  # nothing was reserved by the refusal
-    assert not again.granted
-    assert again.wait_s <= refused.wait_s  # the same slot, nearer: not one more interval out
+    [next_one] = (await claim(redis, default_mps=50, safety=0.5, horizon_s=2.0)).messages
+    assert next_one.message_id == safer.message_id
+    assert next_one.slot_s > 40 * 0.02 - 0.05  # after the booked ones, however slow the call
+
+
+async def test_a_claim_books_no_slot_beyond_its_horizon(redis: Redis) -> None:
+    """Past the horizon a claim books nothing and says when to look again."""
+    await enqueue(redis, [to(1), to(2)])
+    first = await claim(redis, default_mps=1, safety=0.0, horizon_s=0.25, pair_burst=1000)
+    assert len(first.messages) == 1
+    booked = float(await redis.get(keys.number_rate(PNID)) or 0)
+    refused = await claim(redis, default_mps=1, safety=0.0, horizon_s=0.25, pair_burst=1000)
+    assert refused.kind == "wait"
+    assert refused.wait_s is not None
+    assert 0.5 < refused.wait_s <= 0.75
+    assert float(await redis.get(keys.number_rate(PNID)) or 0) == booked  # nothing reserved
 
 
 async def test_pair_burst_then_interval(redis: Redis) -> None:
-    """A pair takes `burst` messages at once, then one per interval; others are untouched."""
-    limiter = RateLimiter(redis, RateConfig(default_mps=1000, pair_burst=3, pair_interval_s=2.0))
-    first = [await limiter.acquire(PNID, "16505551234") for _ in range(4)]
-    assert [s.granted for s in first] == [True, True, True, False]
-    assert first[3].reason == "pair"
-    assert 1.0 < first[3].wait_s <= 2.0 * 1.03  # the interval (plus the safety margin)
-    assert (await limiter.acquire(PNID, "16505550000")).granted
+    """A customer takes `burst` messages in a row, then waits an interval; others do not."""
+    transitions = Transitions(redis, retention_s=3600)
+    limits = ClaimLimits(window_s=OPEN, default_mps=1000, pair_burst=3, pair_interval_s=2.0)
+    ids = await enqueue(redis, [to(1)] * 4)
+    for message_id in ids[:3]:  # each is its conversation's head in turn
+        [claimed] = (
+            await transitions.claim(PNID, "1", limits, app_factor=1.0, may_idle=False)
+        ).messages
+        assert claimed.message_id == message_id
+        outcome = Outcome.accepted(message_id, wa_id_of(to(1)), attempt=1, wamid=f"w.{message_id}",
+                                   sent_at=time.time())  # fmt: skip
+        await transitions.settle(PNID, [outcome], limits)
+    held = await transitions.claim(PNID, "1", limits, app_factor=1.0, may_idle=False)
+    assert held.messages == []
+    due_ms = await redis.zscore(keys.lane(PNID), ids[3])
+    assert due_ms is not None
+    assert 1.0 < due_ms / 1000 - time.time() <= 2.0
+    other = await enqueue(redis, [to(2)])
+    [claimed] = (
+        await transitions.claim(PNID, "1", limits, app_factor=1.0, may_idle=False)
+    ).messages
+    assert claimed.message_id == other[0]
 
 
 async def test_per_number_rate_is_configurable(redis: Redis) -> None:
-    """A number's own mps overrides the default, for every worker."""
-    limiter = RateLimiter(redis, RateConfig(default_mps=80, safety=0.0, pair_burst=1000))
+    """A number's own mps (set once, read by every worker's claims) overrides the default."""
+    limiter = RateLimiter(redis, RateConfig(default_mps=80))
     await limiter.set_mps(PNID, 1000)
     assert await limiter.mps(PNID) == 1000
-    waits = [(await limiter.acquire(PNID, f"1650555{i:04d}")).wait_s for i in range(20)]
-    assert waits[-1] < 19 / 80  # faster than the default would allow
+    await enqueue(redis, [to(i) for i in range(20)])
+    batch = await claim(redis, default_mps=80, safety=0.0, pair_burst=1000)
+    assert batch.messages[-1].slot_s == pytest.approx(19 / 1000, abs=1e-5)
     await limiter.set_mps(PNID, None)
     assert await limiter.mps(PNID) == 80
 
@@ -79,23 +123,26 @@ async def test_slowdown_halves_then_recovers(redis: Redis) -> None:
     assert await quick.slow_down(APP_SCOPE) == pytest.approx(2.0, abs=0.01)  # halved afresh
 
 
-async def test_slowed_number_is_spaced_wider(redis: Redis) -> None:
-    """After a slowdown the same number of slots spans about twice the time."""
-    limiter = RateLimiter(
-        redis, RateConfig(default_mps=100, safety=0.0, pair_burst=1000, recover_s=600)
-    )
-    await limiter.slow_down(PNID)
-    started = time.monotonic()
-    waits = [(await limiter.acquire(PNID, f"1650555{i:04d}")).wait_s for i in range(11)]
-    took = time.monotonic() - started
-    assert 10 * 0.02 - took - 1e-3 <= waits[-1] <= 10 * 0.02 + 1e-3  # 50 mps, not 100
+async def test_a_slowed_number_is_spaced_wider(redis: Redis) -> None:
+    """After a slowdown the claim spaces the same messages twice as far apart."""
+    await RateLimiter(redis, RateConfig(recover_s=600)).slow_down(PNID)
+    await enqueue(redis, [to(i) for i in range(11)])
+    batch = await claim(redis, default_mps=100, safety=0.0, pair_burst=1000, recover_s=600)
+    assert batch.messages[-1].slot_s == pytest.approx(10 * 0.02, rel=0.01)  # 50 mps, not 100
 
 
-async def test_pair_back_off(redis: Redis) -> None:
-    """131056 blocks that pair for the given delay and nobody else."""
+async def test_pair_back_off_and_release(redis: Redis) -> None:
+    """131056 blocks that customer for the delay and nobody else; a slot Meta refused (so the
+    customer got nothing) is given back."""
     limiter = RateLimiter(redis, RateConfig(pair_burst=45))
-    await limiter.back_off_pair(PNID, "16505551234", 4.0)
-    blocked = await limiter.acquire(PNID, "16505551234")
-    assert not blocked.granted
-    assert 3.0 < blocked.wait_s <= 4.0
-    assert (await limiter.acquire(PNID, "16505550000")).granted
+    await limiter.back_off_pair(PNID, wa_id_of(to(1)), 4.0)
+    blocked, free = await enqueue(redis, [to(1), to(2)])
+    batch = await claim(redis, default_mps=1000)
+    assert [m.message_id for m in batch.messages] == [free]
+    due_ms = await redis.zscore(keys.lane(PNID), blocked)
+    assert due_ms is not None
+    assert 3.0 < due_ms / 1000 - time.time() <= 4.0
+    before = float(await redis.get(keys.pair_rate(PNID, wa_id_of(to(2)))) or 0)
+    await limiter.release_pair(PNID, wa_id_of(to(2)))
+    after = float(await redis.get(keys.pair_rate(PNID, wa_id_of(to(2)))) or 0)
+    assert after == pytest.approx(max(time.time(), before - 6.0 * 1.03), abs=0.05)

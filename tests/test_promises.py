@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from producer import keys
+from producer import ClaimLimits, keys
 from producer.status import MessageState
 from sandbox import SandboxClient
-from tests.support import CUSTOMER, PNID, TEMPLATE, Pipeline
-from worker.delivery import DeliveryConfig
+from tests.support import ACCESS_TOKEN, CUSTOMER, PNID, TEMPLATE, Pipeline
+from worker.delivery import Delivery, DeliveryConfig
+from worker.graph import GraphClient
+from worker.lane import LaneJob, _LaneRun
 from worker.limits import APP_SCOPE, RateConfig, RateLimiter
 from worker.windows import WINDOW_S
 
@@ -111,53 +114,50 @@ async def test_pair_throttle_131056_backs_off_that_customer_only(
     assert len(refused) == 2
     assert refused[1] - refused[0] >= 1 * 0.9  # 4^0 s after the first refusal
     assert accepted_at - refused[1] >= 4 * 0.9  # 4^1 s after the second
-    limiter = RateLimiter(redis)
-    assert (await limiter.acquire(PNID, "16505550000")).granted
-
-
-async def test_a_slot_more_than_max_sleep_away_is_deferred_not_slept(redis: Redis) -> None:
-    """At 0.5 mps the second slot is 2 s out, past the 1 s a job may sleep: refused with the
-    wait (the job is deferred that long), and nothing reserved."""
-    limiter = RateLimiter(redis, RateConfig(default_mps=0.5, safety=0, pair_burst=100))
-    assert (await limiter.wait_for_slot(PNID, "16505550001")).granted
+    other = await pipeline.send("+16505550000", TEMPLATE)  # another customer: not held up
     started = time.monotonic()
-    deferred = await limiter.wait_for_slot(PNID, "16505550002")
-    assert time.monotonic() - started < 1.0  # answered, not slept
-    assert not deferred.granted
-    assert deferred.reason == "number"
-    assert 1.0 < deferred.wait_s <= 2.0
-    again = await limiter.wait_for_slot(PNID, "16505550003")
-    assert again.wait_s <= deferred.wait_s  # the refusal reserved nothing
+    await pipeline.run_worker()
+    assert (await pipeline.status(other.message_id)).state is MessageState.ACCEPTED
+    assert time.monotonic() - started < 3.0
 
 
-async def test_a_missed_slot_is_given_up(redis: Redis) -> None:
-    """A stalled event loop wakes past its slot: the slot is given up (a late send would
-    bunch with on-time ones), and after `tries` misses the caller hears `busy`."""
-    limiter = RateLimiter(
-        redis, RateConfig(default_mps=20, safety=0, pair_burst=100, late_tolerance_s=0.01)
+async def test_a_lane_gives_up_a_slot_its_loop_woke_too_late_for(
+    pipeline: Pipeline, sandbox: SandboxClient, redis: Redis
+) -> None:
+    """A stalled event loop wakes past a message's slot: the message is not sent (it would
+    bunch with on-time sends), it goes back in line free, and the next claim sends it."""
+    await pipeline.customer_writes(sandbox)
+    enqueued = await pipeline.send()
+    transitions = pipeline.producer.transitions
+    limiter = RateLimiter(redis, RateConfig(late_tolerance_s=0.01))
+    graph = GraphClient(
+        access_token=SecretStr(ACCESS_TOKEN), base_url=pipeline.config.graph_base_url
     )
-    for i in range(3):  # the next slot is ~0.15 s out
-        assert (await limiter.acquire(PNID, f"1650555100{i}")).granted
+    delivery = Delivery(graph=graph, statuses=pipeline.producer.statuses, pauses=pipeline.pauses,
+                        limiter=limiter, config=DeliveryConfig())  # fmt: skip
+    limits = ClaimLimits()
+    job = LaneJob(transitions=transitions, delivery=delivery, limiter=limiter, limits=limits,
+                  config=DeliveryConfig(slice_s=0.01))  # fmt: skip
+    claim = await transitions.claim(PNID, "1", limits, app_factor=1.0, may_idle=False)
+    [claimed] = claim.messages
 
     async def stall() -> None:
-        await asyncio.sleep(0.02)
-        time.sleep(0.3)  # noqa: ASYNC251 - the point: the loop is blocked past the slot
+        time.sleep(0.05)  # noqa: ASYNC251 - the point: the loop is blocked past the slot
 
-    staller = asyncio.create_task(stall())
-    slot = await limiter.wait_for_slot(PNID, "16505551009", tries=1)
-    await staller
-    assert not slot.granted
-    assert slot.reason == "busy"
-
-
-async def test_release_pair_gives_back_a_slot_meta_refused(redis: Redis) -> None:
-    """At the pair's burst the next message waits; a refused one gives its slot back."""
-    limiter = RateLimiter(redis, RateConfig(default_mps=1000, pair_burst=2))
-    assert (await limiter.acquire(PNID, "16505551234")).granted
-    assert (await limiter.acquire(PNID, "16505551234")).granted
-    assert not (await limiter.acquire(PNID, "16505551234")).granted
-    await limiter.release_pair(PNID, "16505551234")
-    assert (await limiter.acquire(PNID, "16505551234")).granted
+    run = _LaneRun(job, PNID, "1")
+    stalled = asyncio.create_task(stall())
+    await run._deliver(claimed, time.monotonic() + 0.001, counted=False, wait_s=0.001)
+    await stalled
+    await run.drain()
+    assert await sandbox.ledger() == []
+    status = await pipeline.status(enqueued.message_id)
+    assert (status.state, status.attempts) == (MessageState.QUEUED, 0)
+    assert "missed its rate slot" in (status.detail or "")
+    try:
+        assert (await job.run(PNID, "1")).sent == 1
+    finally:
+        await graph.aclose()
+    assert len(await sandbox.ledger()) == 1
 
 
 async def test_window_margin_closes_the_window_early(

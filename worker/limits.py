@@ -1,9 +1,10 @@
 """Meta's rate limits, shared by every worker through Redis: per number, and per pair.
 
-A Lua script implements GCRA rather than a library: the libraries we found (e.g. limits,
-aiolimiter) either keep state in-process or answer only yes/no, while waq needs an atomic
-*reservation* across two limits (the number's and the pair's) that tells each waiting
-worker its own slot, so a crowd of workers never wakes at once to race for one slot.
+Lua implements GCRA rather than a library: the libraries we found (e.g. limits, aiolimiter)
+either keep state in-process or answer only yes/no, while waq needs an atomic *reservation*
+across two limits (the number's and the pair's), for a whole batch, that hands each message
+its own slot. A lane's claim books the slots (``producer.transition_scripts.CLAIM``); this
+module keeps what reacts to Meta and what operators set.
 
 - The number's limit is spaced evenly (no burst), slightly under the configured rate
   (``safety``), so no one-second window ever holds more than Meta's limit.
@@ -15,8 +16,6 @@ worker its own slot, so a crowd of workers never wakes at once to race for one s
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -24,7 +23,7 @@ from redis.asyncio import Redis
 
 from producer import keys
 
-__all__ = ["APP_SCOPE", "RateConfig", "RateLimiter", "Slot"]
+__all__ = ["APP_SCOPE", "RateConfig", "RateLimiter"]
 
 APP_SCOPE: Final = "app"
 
@@ -44,34 +43,6 @@ local function factor(key, recover)
   return 1 + (f - 1) * left
 end
 """
-
-# KEYS: number TAT, pair TAT, number slowdown, app slowdown, per-number mps hash.
-# ARGV: phone_number_id, default mps, safety, pair interval, pair burst, max wait, recover s.
-# Returns {granted (0/1), wait seconds (string), reason}.
-_ACQUIRE: Final = (
-    _NOW
-    + _FACTOR
-    + """
-local recover = tonumber(ARGV[7])
-local mps = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or ARGV[2])
-local rate = mps * (1 - tonumber(ARGV[3])) / (factor(KEYS[3], recover) * factor(KEYS[4], recover))
-local interval = 1 / rate
-local pair_interval = tonumber(ARGV[4])
-local pair_tolerance = (tonumber(ARGV[5]) - 1) * pair_interval
-local pair_tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
-if pair_tat - pair_tolerance > now then
-  return {0, tostring(pair_tat - pair_tolerance - now), 'pair'}
-end
-local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
-local wait = slot - now
-if wait > tonumber(ARGV[6]) then return {0, tostring(wait), 'number'} end
-local ttl_ms = math.ceil((wait + interval) * 1000) + 1000
-redis.call('SET', KEYS[1], t6(slot + interval), 'PX', ttl_ms)
-local pair_next = math.max(pair_tat, slot) + pair_interval
-redis.call('SET', KEYS[2], t6(pair_next), 'PX', math.ceil((pair_next - now) * 1000) + 1000)
-return {1, tostring(wait), ''}
-"""
-)
 
 # KEYS: slowdown hash. ARGV: recover s, max factor, cooldown s. Doubles the current
 # (decayed) factor, once per cooldown: the requests in flight when Meta first refused are
@@ -125,35 +96,24 @@ class RateConfig:
     pair_interval_s: float = 6.0
     pair_burst: int = 45
     safety: float = 0.03
-    max_sleep_s: float = 1.0
-    # A slot missed by more than this is given up: sends then stay within (slot, slot +
-    # tolerance], so one second holds at most (1 + tolerance) * rate * (1 - safety) <= mps.
+    # A slot missed by more than this is given up (worker.lane): sends then stay within
+    # (slot, slot + tolerance], so one second holds at most rate * (1 - safety) + the few
+    # messages of that tolerance, under the limit.
     late_tolerance_s: float = 0.01
     recover_s: float = 60.0
     max_slowdown: float = 16.0
     slowdown_cooldown_s: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """A reservation: sleep ``wait_s`` then send; or, not granted, come back in ``wait_s``.
-
-    ``reason`` says which limit refused: ``number``, ``pair``, or ``busy`` (this worker kept
-    missing its slots).
-    """
-
-    granted: bool
-    wait_s: float
-    reason: str
-
-
 class RateLimiter:
-    """Reserves send slots under the number's and the pair's limits."""
+    """Meta's throttling reactions and the per-number rates.
+
+    The slots themselves are booked by a lane's claim (``producer.transitions``).
+    """
 
     def __init__(self, redis: Redis, config: RateConfig | None = None) -> None:
         self.redis = redis
         self.config = config or RateConfig()
-        self._acquire = redis.register_script(_ACQUIRE)
         self._slow_down = redis.register_script(_SLOW_DOWN)
         self._slowdown = redis.register_script(_SLOWDOWN)
         self._back_off_pair = redis.register_script(_BACK_OFF_PAIR)
@@ -161,45 +121,6 @@ class RateLimiter:
         # The pair's spacing gets the same margin as the number's: arrival jitter must not
         # bring a message in before Meta's bucket has refilled.
         self._pair_interval_s = self.config.pair_interval_s * (1 + self.config.safety)
-
-    async def acquire(self, phone_number_id: str, wa_id: str) -> Slot:
-        """Reserve the next slot if it is within ``max_sleep_s``; else say how long to wait."""
-        c = self.config
-        granted, wait, reason = await self._acquire(
-            keys=[
-                keys.number_rate(phone_number_id),
-                keys.pair_rate(phone_number_id, wa_id),
-                keys.slowdown(phone_number_id),
-                keys.slowdown(APP_SCOPE),
-                keys.RATE_LIMITS,
-            ],
-            args=[phone_number_id, c.default_mps, c.safety, self._pair_interval_s, c.pair_burst,
-                  c.max_sleep_s, c.recover_s],
-        )  # fmt: skip
-        return Slot(
-            bool(granted), float(wait), reason.decode() if isinstance(reason, bytes) else reason
-        )
-
-    async def wait_for_slot(self, phone_number_id: str, wa_id: str, *, tries: int = 5) -> Slot:
-        """Reserve a slot and sleep until it; a refusal (a long wait) is returned as is.
-
-        The slot lies between ``asked + wait`` and ``answered + wait`` (Redis timed it
-        somewhere in the round trip). A send is never early: the sleep runs to the latest
-        bound. A slot then more than ``late_tolerance_s`` past the earliest (a stalled event
-        loop) is given up and another taken, because a late send bunches with on-time ones
-        and breaks Meta's per-second limit. After ``tries`` misses the caller should back off.
-        """
-        for _ in range(tries):
-            asked = time.monotonic()
-            slot = await self.acquire(phone_number_id, wa_id)
-            answered = time.monotonic()
-            if not slot.granted:
-                return slot
-            if (delay := answered + slot.wait_s - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
-            if time.monotonic() - (asked + slot.wait_s) <= self.config.late_tolerance_s:
-                return slot
-        return Slot(granted=False, wait_s=0.1, reason="busy")
 
     async def slow_down(self, scope: str) -> float:
         """Halve the rate of a number (or ``APP_SCOPE``: every number); returns the divisor."""
