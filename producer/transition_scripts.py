@@ -143,8 +143,8 @@ end
 # Returns {'stale'} (another job owns the lane), {'paused', nil, pause JSON}, {'idle'} (lane
 # empty, token given up), {'sleep', ms} (token marked asleep until the next due message),
 # {'wait', ms or nil} (look again in ms; nil: when a batch in flight settles), or
-# {'ok', booked s, Redis's now, kind, id, attempt, slot s, request, ...} with kind send,
-# closed or ambiguous.
+# {'ok', booked s, Redis's now, slot spacing s, kind, id, attempt, slot s, request, ...}
+# with kind send, closed or ambiguous.
 CLAIM: Final = (
     _PRELUDE
     + _FACTOR
@@ -167,7 +167,7 @@ local horizon = now + tonumber(ARGV[4])
 local PAIR_WAIT = 'waiting for the rate limit of this customer (Meta: 1 per 6 s, bursts of 45)'
 local deadline = tonumber(ARGV[13])
 local window = tonumber(ARGV[15])
-local out = {'ok', false, false}
+local out = {'ok', false, false, t6(interval)}
 local blocked = false
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(due) do
@@ -221,7 +221,7 @@ end
 if tat > now then
   redis.call('SET', KEYS[3], t6(tat), 'PX', math.ceil((tat - now + interval) * 1000) + 1000)
 end
-if #out > 3 then
+if #out > 4 then
   out[2] = tostring(tat - now)
   out[3] = t6(now)
   return out

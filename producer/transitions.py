@@ -91,6 +91,8 @@ class Claim:
     pause: str | None = None
     redis_now: float = 0.0
     """Redis's clock (unix s) when it claimed: the slots are this plus each ``slot_s``."""
+    interval_s: float = 0.0
+    """The number's slot spacing (1 / its rate, under the safety margin and any slowdown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +290,7 @@ class Transitions:
             return Claim(kind, wait_s=float(wait) / 1000 if wait is not None else None)  # type: ignore[arg-type]
         if kind != "ok":
             return Claim(kind)  # type: ignore[arg-type]
-        items = answer[3:]
+        items = answer[4:]
         messages = [
             Claimed(
                 kind=_text(items[i]),  # type: ignore[arg-type]
@@ -299,7 +301,13 @@ class Transitions:
             )
             for i in range(0, len(items), 5)
         ]
-        return Claim("ok", messages, wait_s=float(answer[1]), redis_now=float(answer[2]))
+        return Claim(
+            "ok",
+            messages,
+            wait_s=float(answer[1]),
+            redis_now=float(answer[2]),
+            interval_s=float(answer[3]),
+        )
 
     async def settle(
         self, phone_number_id: str, outcomes: Sequence[Outcome], limits: ClaimLimits

@@ -132,6 +132,9 @@ class _LaneRun:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.active = 0
         """Claimed messages whose slot has come: calling Meta, or about to."""
+        self.interval_s = 0.0
+        self.last_send = 0.0
+        """When this run last sent (monotonic): late sends never come closer than a slot."""
         self.pending: list[Outcome] = []
         self.settling: asyncio.Task[None] | None = None
         self.settled = asyncio.Event()
@@ -193,6 +196,7 @@ class _LaneRun:
             task = asyncio.create_task(self._deliver(claimed, at, counted=due, wait_s=at - now))
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
+        self.interval_s = claim.interval_s
 
     async def _wait(self, wait_s: float | None) -> None:
         """Wait until ``wait_s`` has passed or a settle may have made a message due.
@@ -224,9 +228,10 @@ class _LaneRun:
                 outcome = await delivery.closed_window(claimed)
             elif claimed.kind == "ambiguous":
                 outcome = await delivery.ambiguous(claimed)
-            elif time.monotonic() - at > self.job.late_tolerance_s:
+            elif self._would_bunch(at):
                 outcome = delivery.missed_slot(claimed)
             else:
+                self.last_send = time.monotonic()
                 delivery.metrics.rate_limit_wait.observe(max(wait_s, 0.0))
                 async with self.job.calls:  # shared with this process's other lanes
                     outcome = await delivery.send(self.pnid, claimed)
@@ -248,6 +253,20 @@ class _LaneRun:
         self.pending.append(outcome)
         if self.settling is None:
             self.settling = asyncio.create_task(self._settle())
+
+    def _would_bunch(self, at: float) -> bool:
+        """Whether sending now, past the slot at ``at``, could break Meta's per-second limit.
+
+        A send within ``late_tolerance_s`` of its slot is on time. A later one is safe only
+        if the run's previous send was at least a slot's spacing ago: then the sends are no
+        closer together than the limiter booked them. A worker that is merely busy sends
+        late but spaced (and loses no slot); one catching up after a stall would burst, and
+        gives those slots up instead.
+        """
+        now = time.monotonic()
+        if now - at <= self.job.late_tolerance_s:
+            return False
+        return now - self.last_send < self.interval_s
 
     async def _settle(self) -> None:
         """Settle whatever has finished, in one step per round; more gathers meanwhile."""
