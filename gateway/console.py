@@ -314,6 +314,8 @@ async def resume(
 ) -> Response:
     check_csrf(session, csrf)
     resumed = await PauseStore(state.redis).resume(phone_number_id)
+    if resumed:  # its lane's job waits out the pause check: start one now
+        await state.producer.transitions.wake(phone_number_id, replace=True)
     notice = f"{phone_number_id} {'resumed' if resumed else 'was not paused'}."
     return RedirectResponse(
         "/console/numbers?" + urllib.parse.urlencode({"notice": notice}), status_code=303

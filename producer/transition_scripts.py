@@ -26,6 +26,7 @@ __all__ = [
     "RECORD",
     "REQUEUE",
     "SETTLE",
+    "SLOWDOWN_FACTOR",
     "WAKE_IF_WAITING",
 ]
 
@@ -80,6 +81,24 @@ local function finish(pnid, wa, id, now)
 end
 """
 
+# The message joins its conversation (order list, history, the sender's pending count); the
+# conversation's head is due in the lane now. Returns a token when a job must be started.
+_JOIN: Final = """
+local function join(order, lane, job, history, id, event, retention)
+  redis.call('RPUSH', history, event)
+  redis.call('EXPIRE', history, retention)
+  redis.call('HINCRBY', job, 'pending', 1)
+  local token = false
+  if redis.call('RPUSH', order, id) == 1 then
+    local now_ms = math.floor(clock() * 1000)
+    redis.call('ZADD', lane, now_ms, id)
+    token = wake(job, now_ms)
+  end
+  redis.call('EXPIRE', order, retention)
+  return token
+end
+"""
+
 # Dead-letter counts by code, suggestion and sender, from the entry's own JSON.
 _COUNT: Final = """
 local function count(hash, raw, by)
@@ -93,7 +112,7 @@ local function count(hash, raw, by)
 end
 """
 
-_PRELUDE: Final = _FORMATS + _WAKE + _FINISH + _COUNT
+_PRELUDE: Final = _FORMATS + _WAKE + _FINISH + _JOIN + _COUNT
 
 # KEYS: record, history, order list, lane, lane job. ARGV: id, request fingerprint,
 # retention s, first history event, record fields (flat pairs)...
@@ -110,21 +129,13 @@ if state then
 end
 redis.call('HSET', KEYS[1], 'request_hash', ARGV[2], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('RPUSH', KEYS[2], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('HINCRBY', KEYS[5], 'pending', 1)
-local token = false
-if redis.call('RPUSH', KEYS[3], ARGV[1]) == 1 then
-  local now_ms = math.floor(clock() * 1000)
-  redis.call('ZADD', KEYS[4], now_ms, ARGV[1])
-  token = wake(KEYS[5], now_ms)
-end
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-return {'', token}
+return {'', join(KEYS[3], KEYS[4], KEYS[5], KEYS[2], ARGV[1], ARGV[4], ARGV[3])}
 """
 )
 
-_FACTOR: Final = """
+# A rate divisor after Meta throttled (``worker.limits`` doubles it), decaying back to 1 over
+# ``recover`` seconds; the claim divides the number's rate by it. One definition for both.
+SLOWDOWN_FACTOR: Final = """
 local function factor(key, recover, now)
   local f = tonumber(redis.call('HGET', key, 'factor') or '1')
   local at = tonumber(redis.call('HGET', key, 'at') or '0')
@@ -147,7 +158,7 @@ end
 # with kind send, closed or ambiguous.
 CLAIM: Final = (
     _PRELUDE
-    + _FACTOR
+    + SLOWDOWN_FACTOR
     + """
 if redis.call('HGET', KEYS[2], 'token') ~= ARGV[1] then return {'stale'} end
 redis.call('HDEL', KEYS[2], 'until')
@@ -406,16 +417,7 @@ redis.call('HSET', KEYS[4], unpack(ARGV, 6))
 redis.call('HSETNX', KEYS[4], 'created_at', ARGV[5])
 redis.call('HDEL', KEYS[4], 'error', 'detail', 'wamid', 'next_attempt_at', 'sending_at')
 redis.call('EXPIRE', KEYS[4], ARGV[3])
-redis.call('RPUSH', KEYS[5], ARGV[4])
-redis.call('EXPIRE', KEYS[5], ARGV[3])
-redis.call('HINCRBY', KEYS[8], 'pending', 1)
-local token = false
-if redis.call('RPUSH', KEYS[6], ARGV[1]) == 1 then
-  local now_ms = math.floor(clock() * 1000)
-  redis.call('ZADD', KEYS[7], now_ms, ARGV[1])
-  token = wake(KEYS[8], now_ms)
-end
-redis.call('EXPIRE', KEYS[6], ARGV[3])
+local token = join(KEYS[6], KEYS[7], KEYS[8], KEYS[5], ARGV[1], ARGV[4], ARGV[3])
 count(KEYS[3], raw, -1)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -436,7 +438,8 @@ return {'ok'}
 """
 )
 
-# KEYS: lane, lane job. ARGV: arq's job key for this lane's tokens, without the token.
+# KEYS: lane, lane job. ARGV: arq's job key for this lane's tokens, without the token; '1'
+# to replace a job that exists (a resumed number's, deferred while it was paused).
 # A lane with messages whose job is gone (its worker died between a step and starting the
 # job, or arq dropped it) or asleep gets a new token; returns it, or nil.
 WAKE_IF_WAITING: Final = (
@@ -445,7 +448,7 @@ WAKE_IF_WAITING: Final = (
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if not first[1] then return false end
 local token = redis.call('HGET', KEYS[2], 'token')
-if token and redis.call('EXISTS', ARGV[1] .. token) == 0 then
+if token and (ARGV[2] == '1' or redis.call('EXISTS', ARGV[1] .. token) == 0) then
   redis.call('HDEL', KEYS[2], 'token', 'until')
 end
 return wake(KEYS[2], tonumber(first[2]))

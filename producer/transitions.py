@@ -247,14 +247,16 @@ class Transitions:
                 pipe.zadd(self.queue_name, {job_id: now_ms}, nx=True)
             await pipe.execute()
 
-    async def wake(self, phone_number_id: str) -> str | None:
+    async def wake(self, phone_number_id: str, *, replace: bool = False) -> str | None:
         """Start the lane's job if it has none (or it sleeps); the token started, if any.
 
-        For the sweep and for a resumed number: the lane may hold due messages and no job.
+        For the sweep: the lane may hold due messages and no job. ``replace``: for a resumed
+        number, whose job is deferred by the pause check; a new one starts now, and the old
+        one finds its token stale.
         """
         token = await self._wake(
             keys=[keys.lane(phone_number_id), keys.lane_job(phone_number_id)],
-            args=[keys.ARQ_JOB_PREFIX + lane_job_id(phone_number_id, "")],
+            args=[keys.ARQ_JOB_PREFIX + lane_job_id(phone_number_id, ""), 1 if replace else 0],
         )
         if token is None:
             return None

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from typer.testing import CliRunner
 
 from producer import LANE_FUNCTION, ClaimLimits, Producer, keys
 from producer.recipient import wa_id_of
@@ -26,8 +27,10 @@ from producer.transitions import Outcome, Transitions, lane_job_id
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer
 from tests.support import ACCESS_TOKEN, CUSTOMER, STRANGER, TEMPLATE
 from tests.test_under_load import read_logs, spawn_workers, stop
+from waq.cli import app
 from worker.delivery import DeliveryConfig
 from worker.limits import RateConfig
+from worker.pauses import PauseStore
 from worker.runner import WorkerConfig, create_worker
 
 PNID = DEFAULT_PHONE_NUMBER_ID
@@ -217,3 +220,32 @@ async def test_a_missed_slot_goes_back_in_line_and_gives_its_pair_slot_back(
     assert [e.state for e in status.history] == [MessageState.QUEUED, MessageState.QUEUED]
     again = await transitions.claim(PNID, "1", LIMITS, app_factor=1.0, may_idle=True)
     assert [(m.message_id, m.attempt) for m in again.messages] == [(sent.message_id, 1)]
+
+
+async def test_waq_resume_starts_the_paused_lane_now(
+    redis: Redis, redis_url: str, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """A paused number's lane job waits out the pause check (30 s by default); `waq resume`
+    starts a new one at once, and the old one, when it wakes, finds its token stale."""
+    await PauseStore(redis).pause(PNID, reason="maintenance", code=None, by="operator")
+    sent = await Producer(redis).enqueue(request())
+    deadline = time.monotonic() + 5
+    while await redis.hget(keys.lane_job(PNID), "token") != b"1" or await lane_jobs(redis) != [
+        lane_job_id(PNID, "1")
+    ]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # the job ran, found the number paused, and was deferred
+    assert await sandbox.ledger() == []
+    result = await asyncio.to_thread(
+        lambda: CliRunner().invoke(app, ["resume", PNID], env={"WAQ_REDIS_URL": redis_url})
+    )
+    assert result.exit_code == 0, result.output
+    assert await redis.hget(keys.lane_job(PNID), "token") == b"2"
+    deadline = time.monotonic() + 5
+    while (await StatusStore(redis, retention_s=3600).get(sent.message_id)).state is not (  # type: ignore[union-attr]
+        MessageState.ACCEPTED
+    ):
+        assert time.monotonic() < deadline, "not sent within 5 s of the resume"
+        await asyncio.sleep(0.05)
+    assert len(await sandbox.ledger()) == 1

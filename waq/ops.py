@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from producer.transitions import Transitions
 from waq._command import open_redis, run
 from waq.settings import Settings
 from worker.limits import RateConfig, RateLimiter
@@ -101,7 +102,13 @@ def resume(
     async def go() -> bool:
         redis = open_redis(settings)
         try:
-            return await PauseStore(redis).resume(phone_number_id)
+            resumed = await PauseStore(redis).resume(phone_number_id)
+            if resumed:  # its lane's job waits out the pause check: start one now
+                transitions = Transitions(
+                    redis, retention_s=settings.status_retention_s, queue_name=settings.queue_name
+                )
+                await transitions.wake(phone_number_id, replace=True)
+            return resumed
         finally:
             await redis.aclose()
 

@@ -187,12 +187,9 @@ class DeadLetterStore:
         unless: Iterable[MessageState] = (),
         pipe: Pipeline | None = None,
     ) -> bool:
-        """Store the entry and mark the message dead, atomically (with its attempt count).
+        """Store the entry and mark the message dead, in one step.
 
-        A message already in a state of ``unless`` is left alone (False): Meta's failure
-        reports arrive late, and one about a message it since delivered is stale. On a
-        caller's ``pipe`` (a webhook's transaction) the step is only queued; its answer goes
-        to ``transitions.apply_answer``.
+        ``Transitions.dead_letter`` says what ``unless`` and ``pipe`` do.
         """
         return await self.transitions.dead_letter(
             letter.id,

@@ -22,6 +22,7 @@ from typing import Final
 from redis.asyncio import Redis
 
 from producer import keys
+from producer.transition_scripts import SLOWDOWN_FACTOR
 
 __all__ = ["APP_SCOPE", "RateConfig", "RateLimiter"]
 
@@ -34,26 +35,16 @@ _NOW = (
     "local function t6(x) return string.format('%.6f', x) end\n"
 )
 
-_FACTOR = """
-local function factor(key, recover)
-  local f = tonumber(redis.call('HGET', key, 'factor') or '1')
-  local at = tonumber(redis.call('HGET', key, 'at') or '0')
-  local left = 1 - (now - at) / recover
-  if left <= 0 then return 1 end
-  return 1 + (f - 1) * left
-end
-"""
-
 # KEYS: slowdown hash. ARGV: recover s, max factor, cooldown s. Doubles the current
 # (decayed) factor, once per cooldown: the requests in flight when Meta first refused are
 # refused too, and they are one signal, not several.
 _SLOW_DOWN: Final = (
     _NOW
-    + _FACTOR
+    + SLOWDOWN_FACTOR
     + """
 local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
-if now - at < tonumber(ARGV[3]) then return tostring(factor(KEYS[1], tonumber(ARGV[1]))) end
-local f = math.min(factor(KEYS[1], tonumber(ARGV[1])) * 2, tonumber(ARGV[2]))
+if now - at < tonumber(ARGV[3]) then return tostring(factor(KEYS[1], tonumber(ARGV[1]), now)) end
+local f = math.min(factor(KEYS[1], tonumber(ARGV[1]), now) * 2, tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], 'factor', tostring(f), 'at', t6(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 60)
 return tostring(f)
@@ -61,7 +52,9 @@ return tostring(f)
 )
 
 # KEYS: slowdown hash. ARGV: recover s. The current (decayed) divisor, for operators.
-_SLOWDOWN: Final = _NOW + _FACTOR + "return tostring(factor(KEYS[1], tonumber(ARGV[1])))\n"
+_SLOWDOWN: Final = (
+    _NOW + SLOWDOWN_FACTOR + "return tostring(factor(KEYS[1], tonumber(ARGV[1]), now))\n"
+)
 
 # KEYS: pair TAT. ARGV: delay s, pair interval, pair burst. No slot for delay seconds.
 _BACK_OFF_PAIR: Final = (
