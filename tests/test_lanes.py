@@ -249,3 +249,23 @@ async def test_waq_resume_starts_the_paused_lane_now(
         assert time.monotonic() < deadline, "not sent within 5 s of the resume"
         await asyncio.sleep(0.05)
     assert len(await sandbox.ledger()) == 1
+
+
+async def test_each_message_to_an_idle_lane_goes_promptly(
+    redis: Redis, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """One message at a time to a lane that goes idle in between: each is accepted within a
+    second (a lost wake-up between a settle and the claim before it once held some for the
+    20 s claim deadline)."""
+    producer = Producer(redis)
+    slowest = 0.0
+    for i in range(30):
+        started = time.monotonic()
+        sent = await producer.enqueue(request(f"+1650555{4000 + i}"))
+        while await redis.hget(keys.message(sent.message_id), "state") != b"accepted":
+            assert time.monotonic() - started < 5, f"message {i} not accepted in 5 s"
+            await asyncio.sleep(0.005)
+        slowest = max(slowest, time.monotonic() - started)
+        await asyncio.sleep(0.02 if i % 2 else 0.2)
+    assert slowest < 1.0
+    assert len(await sandbox.ledger()) == 30

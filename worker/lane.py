@@ -149,6 +149,10 @@ class _LaneRun:
                 # until a later slot do not count (the horizon bounds them).
                 await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            # Cleared before the claim, not after: a settle that lands while the claim is on
+            # its way must still wake the wait below (a lost wake-up held an idle lane's
+            # next message for the whole claim deadline, 20 s).
+            self.settled.clear()
             claim = await self.job.transitions.claim(
                 self.pnid, self.token, self.job.limits, app_factor=await self.job.app_factor(),
                 may_idle=not self.in_flight and not self.pending and self.settling is None,
@@ -205,10 +209,7 @@ class _LaneRun:
         """
         if wait_s is not None and wait_s <= 0:
             return
-        self.settled.clear()
-        if not self.in_flight and not self.pending and self.settling is None:
-            await asyncio.sleep(wait_s or 0)
-            return
+        # Always on the event: a settle that ended since the claim has set it already.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.settled.wait(), timeout=wait_s)
 
