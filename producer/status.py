@@ -83,8 +83,6 @@ class MessageStatus(BaseModel):
     to: str
     type: str
     attempts: int = 0
-    job_errors: int = 0
-    """Times the send job crashed on this message (waits and retries are not counted)."""
     wamid: str | None = None
     next_attempt_at: float | None = None
     detail: str | None = None

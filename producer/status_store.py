@@ -89,7 +89,6 @@ class StatusStore:
             to=fields.get("to", ""),
             type=fields.get("type", ""),
             attempts=int(fields.get("attempts", 0)),
-            job_errors=int(fields.get("job_errors", 0)),
             wamid=fields.get("wamid"),
             next_attempt_at=float(fields["next_attempt_at"])
             if "next_attempt_at" in fields

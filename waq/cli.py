@@ -147,7 +147,7 @@ def worker(
         typer.Option(help="Serve Prometheus /metrics on this port (WAQ_WORKER_METRICS_PORT)."),
     ] = None,
 ) -> None:
-    """Run a worker: take send jobs from Redis and deliver them through the Graph API."""
+    """Run a worker: drain the sender lanes in Redis through the Graph API, a batch at a time."""
     settings = Settings()
     _configure(settings)
     port = metrics_port or settings.worker_metrics_port

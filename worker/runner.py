@@ -1,4 +1,4 @@
-"""The arq worker: the ``send_message`` job, the paused-number probe, and their wiring."""
+"""The arq worker: the lane job, the lane sweep, the paused-number probe, and their wiring."""
 
 from __future__ import annotations
 
@@ -300,7 +300,7 @@ def _stopping(worker: Worker, stop: list[signal.Signals]) -> Callable[[signal.Si
 
 
 def create_worker(config: WorkerConfig) -> Worker:
-    """An arq ``Worker`` for send jobs, with JSON jobs and one Graph client per process."""
+    """An arq ``Worker`` for lane jobs, with JSON jobs and one Graph client per process."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
