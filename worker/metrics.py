@@ -15,7 +15,7 @@ __all__ = ["WorkerMetrics"]
 
 # Meta usually answers in 100-500 ms; the tail up to the 15 s timeout matters too.
 _LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
-# A granted slot is at most ``max_sleep_s`` (1 s) away; most are a few ms.
+# A claimed slot is at most the claim's horizon (0.5 s) away; most are a few ms.
 _WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -53,8 +53,8 @@ class WorkerMetrics:
         )
         self.rate_limit_deferrals = Counter(
             "waq_rate_limit_deferrals",
-            "Sends put back on the queue because their slot was too far away, by limit "
-            "(number, pair, busy).",
+            "Claimed sends put back in line unsent, by reason (missed: sent then, they would "
+            "have come closer together than the limiter booked).",
             ["limit"],
             registry=self.registry,
         )
