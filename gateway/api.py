@@ -52,7 +52,7 @@ class SendMessageIn(_Strict):
     @classmethod
     def _meta_flat_body(cls, data: Any) -> Any:
         if isinstance(data, dict) and "message" not in data and not data.keys() <= {
-            "phone_number_id", "to", "idempotency_key", "metadata"
+            "phone_number_id", "to", "idempotency_key", "metadata", "biz_opaque_callback_data"
         }:  # fmt: skip
             try:
                 return fold_meta_body(data)
@@ -66,6 +66,12 @@ class SendMessageIn(_Strict):
     idempotency_key: str | None = Field(default=None, max_length=limits.IDEMPOTENCY_KEY_MAX_CHARS)
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, max_length=limits.METADATA_MAX_KEYS
+    )
+    biz_opaque_callback_data: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=limits.CALLER_CALLBACK_DATA_MAX_CHARS,
+        description="Your own tracking value, as in Meta's API: returned with the status.",
     )
 
 

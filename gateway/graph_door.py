@@ -47,8 +47,8 @@ def fold_meta_body(body: dict[str, Any]) -> dict[str, Any]:
     """Meta's flat send body as waq's request: the message fields go into ``message``.
 
     ``messaging_product`` must be ``whatsapp`` and ``recipient_type`` ``individual`` (waq
-    sends to people); the caller's ``biz_opaque_callback_data`` is kept in the metadata
-    (waq puts its own id in that field of the request it makes).
+    sends to people); the caller's ``biz_opaque_callback_data`` stays the request's own
+    (waq sends it to Meta after its message id, and returns it with the status).
     """
     if body.get("messaging_product", "whatsapp") != "whatsapp":
         raise ValueError("messaging_product must be whatsapp")
@@ -58,13 +58,6 @@ def fold_meta_body(body: dict[str, Any]) -> dict[str, Any]:
     folded.pop("messaging_product", None)
     folded.pop("recipient_type", None)
     folded["message"] = {k: v for k, v in body.items() if k not in _ENVELOPE}
-    callback = folded.pop("biz_opaque_callback_data", None)
-    if callback is not None:
-        metadata = folded.get("metadata")
-        folded["metadata"] = {
-            **(metadata if isinstance(metadata, dict) else {}),
-            "biz_opaque_callback_data": callback,
-        }
     return folded
 
 

@@ -22,6 +22,7 @@ from redis.exceptions import WatchError
 
 from gateway.conversations import ConversationStore
 from producer import keys
+from producer.request import message_id_of_callback
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
 from worker.dead_letters import DeadLetter, DeadLetterStore
@@ -238,8 +239,9 @@ class WebhookProcessor:
             result.unknown += 1
             log.warning("webhook.malformed", kind="status", id=wamid)
             return
-        message_id = status.get(
-            "biz_opaque_callback_data"
+        callback = _text_or_none(status.get("biz_opaque_callback_data"))
+        message_id = (
+            message_id_of_callback(callback) if callback else None
         ) or await self.statuses.message_id_for_wamid(wamid)
         current = await self.statuses.get(message_id) if message_id else None
         if message_id is None or current is None:

@@ -11,6 +11,10 @@ CAPTION_MAX_CHARS: Final = 1024
 FILENAME_MAX_CHARS: Final = 240
 CALLBACK_DATA_MAX_CHARS: Final = 512
 
+CALLER_CALLBACK_DATA_MAX_CHARS: Final = 512 - 35
+"""A caller's own ``biz_opaque_callback_data``: waq puts its message id (34 characters) and
+a ``:`` in front, within Meta's 512."""
+
 # The caller's own fields, capped like Stripe's metadata so a request stays small in Redis
 # (it is kept with the status for the retention period, and in any dead letter).
 IDEMPOTENCY_KEY_MAX_CHARS: Final = 255

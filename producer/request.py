@@ -11,7 +11,7 @@ from producer._model import ContractModel
 from producer.messages import Message
 from producer.recipient import normalize_recipient, wa_id_of
 
-__all__ = ["SendRequest", "graph_body_of"]
+__all__ = ["SendRequest", "graph_body_of", "message_id_of_callback"]
 
 
 MetadataKey = Annotated[str, Field(min_length=1, max_length=limits.METADATA_KEY_MAX_CHARS)]
@@ -38,6 +38,14 @@ class SendRequest(ContractModel):
         description="Repeat a request with the same key and it is enqueued only once; the "
         "same key with a different request is refused (idempotency_key_reused).",
     )
+    biz_opaque_callback_data: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=limits.CALLER_CALLBACK_DATA_MAX_CHARS,
+        description="The caller's own tracking value, as in Meta's API. Meta echoes it in "
+        "every status of the message; waq returns it with the message's status, and sends "
+        "it after its own message id (`<id>:<yours>`), by which it finds the message.",
+    )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict,
         max_length=limits.METADATA_MAX_KEYS,
@@ -58,8 +66,10 @@ class SendRequest(ContractModel):
         status webhook for this message.
         """
         return graph_body_of(
-            {"to": self.to, "message": self.message.graph_fields()}, callback_data=callback_data
-        )
+            {"to": self.to, "message": self.message.graph_fields(),
+             "biz_opaque_callback_data": self.biz_opaque_callback_data},
+            callback_data=callback_data,
+        )  # fmt: skip
 
 
 def graph_body_of(request: dict[str, Any], *, callback_data: str | None = None) -> dict[str, Any]:
@@ -75,7 +85,14 @@ def graph_body_of(request: dict[str, Any], *, callback_data: str | None = None) 
         **request["message"],
     }
     if callback_data is not None:
+        if callers := request.get("biz_opaque_callback_data"):
+            callback_data = f"{callback_data}:{callers}"
         if len(callback_data) > limits.CALLBACK_DATA_MAX_CHARS:
             raise ValueError("biz_opaque_callback_data is limited to 512 characters")
         body["biz_opaque_callback_data"] = callback_data
     return body
+
+
+def message_id_of_callback(callback_data: str) -> str:
+    """waq's message id from the ``biz_opaque_callback_data`` Meta echoes (``graph_body_of``)."""
+    return callback_data.partition(":")[0]

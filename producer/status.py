@@ -90,4 +90,6 @@ class MessageStatus(BaseModel):
     created_at: float
     updated_at: float
     metadata: dict[str, str] = {}
+    biz_opaque_callback_data: str | None = None
+    """The caller's own value, sent to Meta after waq's id and echoed in its statuses."""
     history: list[StatusEvent] = []

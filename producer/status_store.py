@@ -98,8 +98,17 @@ class StatusStore:
             created_at=float(fields.get("created_at", 0)),
             updated_at=float(fields.get("updated_at") or fields.get("created_at") or 0),
             metadata=json.loads(fields.get("metadata", "{}")),
+            biz_opaque_callback_data=_callers_callback(fields.get("request")),
             history=[StatusEvent.model_validate_json(item) for item in history],
         )
+
+
+def _callers_callback(request: str | None) -> str | None:
+    """The caller's ``biz_opaque_callback_data`` from the stored request, if it gave one."""
+    if request is None or "biz_opaque_callback_data" not in request:
+        return None  # the common case, without parsing the request
+    value = json.loads(request).get("biz_opaque_callback_data")
+    return str(value) if value is not None else None
 
 
 def _text(value: bytes | str) -> str:

@@ -513,6 +513,29 @@ async def test_dropped_answer_is_reconciled_by_webhook_not_resent(
     assert "sending" in [e["state"] for e in status["history"]]
 
 
+async def test_the_callers_callback_data_is_kept_and_still_reconciles(
+    api: httpx.AsyncClient, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
+) -> None:
+    """A caller's own biz_opaque_callback_data goes to Meta after waq's id, comes back with the
+    status, and the status webhook that carries both still finds the message when Meta's
+    answer was lost (no wamid known)."""
+    await customer_writes(api)
+    await sandbox.set_faults(drop_ratio=1)
+    body = {"to": CUSTOMER, "message": TEXT, "biz_opaque_callback_data": "crm:order-1042"}
+    message_id = (await api.post("/v1/messages", json=body)).json()["id"]
+    await run_burst_worker(
+        redis_url,
+        sandbox_server.url,
+        delivery=DeliveryConfig(reconcile_wait_s=30, reconcile_check_s=0.05),
+    )
+    status = (await api.get(f"/v1/messages/{message_id}")).json()
+    ledger = await sandbox.ledger()
+    assert [e["biz_opaque_callback_data"] for e in ledger] == [f"{message_id}:crm:order-1042"]
+    assert status["state"] in ("sent", "delivered", "read")
+    assert status["biz_opaque_callback_data"] == "crm:order-1042"
+    assert status["metadata"] == {}
+
+
 async def test_unreconciled_send_is_dead_lettered_as_ambiguous_by_policy(
     api: httpx.AsyncClient, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
 ) -> None:
