@@ -23,9 +23,9 @@ from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
 from producer.template_catalog import TemplateCatalog
-from producer.transitions import Transitions
+from producer.transitions import Transitions, json_serializer
 
-__all__ = ["Enqueued", "Producer", "message_id_for", "reconnecting"]
+__all__ = ["Enqueued", "Producer", "json_serializer", "message_id_for", "reconnecting"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +76,6 @@ def _fingerprint(payload: dict[str, Any]) -> str:
     """A request's identity for idempotency: the same request always hashes the same."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]  # 64 bits tell requests apart
-
-
-def json_serializer(data: dict[str, Any]) -> bytes:
-    """arq's job and result serializer: JSON, readable by any service and by operators."""
-    return json.dumps(data, separators=(",", ":"), default=str).encode()
 
 
 class Producer:

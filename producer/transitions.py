@@ -30,6 +30,7 @@ __all__ = [
     "Claimed",
     "Outcome",
     "Transitions",
+    "json_serializer",
     "lane_job_id",
 ]
 
@@ -241,7 +242,7 @@ class Transitions:
                 job_id = lane_job_id(phone_number_id, token)
                 payload = serialize_job(
                     LANE_FUNCTION, (), {"phone_number_id": phone_number_id, "token": token},
-                    None, now_ms, serializer=_json,
+                    None, now_ms, serializer=json_serializer,
                 )  # fmt: skip
                 pipe.set(keys.ARQ_JOB_PREFIX + job_id, payload, px=_JOB_EXPIRES_MS, nx=True)
                 pipe.zadd(self.queue_name, {job_id: now_ms}, nx=True)
@@ -469,7 +470,8 @@ def _events(outcome: StatusEvent, *, attempt: int, sent_at: float | None) -> str
     return "\n".join(lines)
 
 
-def _json(data: dict[str, Any]) -> bytes:
+def json_serializer(data: dict[str, Any]) -> bytes:
+    """arq's job and result serializer: JSON, readable by any service and by operators."""
     return json.dumps(data, separators=(",", ":"), default=str).encode()
 
 
