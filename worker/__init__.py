@@ -1,4 +1,4 @@
-"""Delivery: the Graph API client, Meta's error table, backoff, and the arq worker."""
+"""Delivery: lane jobs, the Graph API client, Meta's error table, backoff, the arq worker."""
 
 from worker.aiohttp_transport import AiohttpTransport
 from worker.backoff import backoff_s, pair_backoff_s
@@ -9,6 +9,7 @@ from worker.dead_letters import (
     DeadLetterStore,
     MoveResult,
 )
+from worker.delivery import Delivery, DeliveryConfig
 from worker.error_table import ERROR_TABLE, Action, ErrorRule, Schedule, Suggestion, rule_for
 from worker.errors import (
     DeliveryError,
@@ -18,6 +19,7 @@ from worker.errors import (
     GraphTransportError,
 )
 from worker.graph import GraphClient, HealthStatus, PhoneNumberInfo, SendResult
+from worker.lane import LaneJob, LaneReport, RedisClock
 from worker.metrics import WorkerMetrics
 from worker.overview import NumberOverview, NumberState, Overview, read_overview
 from worker.template_rewrite import RewriteError, TemplateRewrite
@@ -30,6 +32,8 @@ __all__ = [
     "DeadLetterFilter",
     "DeadLetterStats",
     "DeadLetterStore",
+    "Delivery",
+    "DeliveryConfig",
     "DeliveryError",
     "ErrorRule",
     "GraphClient",
@@ -38,11 +42,14 @@ __all__ = [
     "GraphTimeout",
     "GraphTransportError",
     "HealthStatus",
+    "LaneJob",
+    "LaneReport",
     "MoveResult",
     "NumberOverview",
     "NumberState",
     "Overview",
     "PhoneNumberInfo",
+    "RedisClock",
     "RewriteError",
     "Schedule",
     "SendResult",
