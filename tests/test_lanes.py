@@ -30,6 +30,7 @@ from tests.test_under_load import read_logs, spawn_workers, stop
 from waq.cli import app
 from worker.delivery import DeliveryConfig
 from worker.limits import RateConfig
+from worker.overview import read_overview
 from worker.pauses import PauseStore
 from worker.runner import WorkerConfig, create_worker
 
@@ -269,3 +270,13 @@ async def test_each_message_to_an_idle_lane_goes_promptly(
         await asyncio.sleep(0.02 if i % 2 else 0.2)
     assert slowest < 1.0
     assert len(await sandbox.ledger()) == 30
+
+
+async def test_the_overview_counts_running_lane_jobs_not_cron_leases(redis: Redis) -> None:
+    """arq keeps a cron run's lease after it ends; `waq status` counts lane jobs only."""
+    await Producer(redis).enqueue(request())
+    await redis.set("arq:in-progress:" + lane_job_id(PNID, "1"), b"1")
+    await redis.set("arq:in-progress:cron:sweep_lanes:1796005310123", b"1")
+    overview = await read_overview(redis)
+    assert overview.in_flight == 1
+    assert (overview.queue_depth, overview.queue_due, overview.lane_jobs) == (1, 1, 1)

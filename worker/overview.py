@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from producer import keys
+from producer.transitions import lane_job_id
 from worker.limits import APP_SCOPE, RateConfig, RateLimiter
 from worker.pauses import PauseStore
 from worker.runner import HEALTH_KEY_SUFFIX
@@ -65,7 +66,7 @@ class Overview(BaseModel):
     lane_jobs: int
     """Jobs in arq's queue: a lane job per active sender, running or asleep, and cron jobs."""
     in_flight: int
-    """Jobs a worker holds right now."""
+    """Lane jobs a worker holds right now."""
     dead_letters: int
     workers_alive: bool
     numbers: list[NumberOverview]
@@ -111,7 +112,9 @@ async def read_overview(
         throttled.add(_text(key).partition("{")[2].partition("}")[0])
     throttled.discard(APP_SCOPE)
     in_flight = 0
-    async for _ in redis.scan_iter(match=_ARQ_IN_PROGRESS + "*", count=1000):
+    # Lane jobs only: arq keeps a cron run's lease after it ends, so it stops a second worker
+    # from running the same run, and counting those would report idle workers as busy.
+    async for _ in redis.scan_iter(match=_ARQ_IN_PROGRESS + lane_job_id("*", "*"), count=1000):
         in_flight += 1
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(queue_name)
