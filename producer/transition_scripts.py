@@ -151,7 +151,7 @@ end
 # 12 reconcile check s, 13 claim deadline s, 14 ambiguous policy, 15 window s (minus margin),
 # 16 sleep threshold ms, 17 may go idle (1/0), 18 now (unix s) for the record. The history
 # gets its `sending` event when the batch settles, at the time the request really left.
-# Returns {'stale'} (another job owns the lane), {'paused', nil, pause JSON}, {'idle'} (lane
+# Returns {'stale'} (another job owns the lane), {'paused'}, {'idle'} (lane
 # empty, token given up), {'sleep', ms} (token marked asleep until the next due message),
 # {'wait', ms or nil} (look again in ms; nil: when a batch in flight settles), or
 # {'ok', booked s, Redis's now, slot spacing s, kind, id, attempt, slot s, request, ...}
@@ -163,8 +163,7 @@ CLAIM: Final = (
 if redis.call('HGET', KEYS[2], 'token') ~= ARGV[1] then return {'stale'} end
 redis.call('HDEL', KEYS[2], 'until')
 local pnid = ARGV[2]
-local pause = redis.call('HGET', KEYS[5], pnid)
-if pause then return {'paused', false, pause} end
+if redis.call('HEXISTS', KEYS[5], pnid) == 1 then return {'paused'} end
 local now = clock()
 local now_ms = math.floor(now * 1000)
 local recover = tonumber(ARGV[9])

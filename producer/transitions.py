@@ -37,7 +37,10 @@ __all__ = [
 LANE_FUNCTION: Final = "send_lane"
 """The worker function that drains one sender's lane; jobs are enqueued by name."""
 
-_JOB_EXPIRES_MS: Final = 24 * 3600 * 1000
+# arq drops a job whose record has expired, and a Retry does not renew it: a lane busy for
+# longer than this loses its job (the sweep starts another within WAQ_LANE_SWEEP_S). 30 days
+# of 5 s slices is 518,400 tries, under the worker's max_tries of 1,000,000.
+_JOB_EXPIRES_MS: Final = 30 * 24 * 3600 * 1000
 
 
 def lane_job_id(phone_number_id: str, token: str) -> str:
@@ -89,7 +92,6 @@ class Claim:
     wait_s: float | None = None
     """For ``ok``: how far ahead the number's slots are booked; for ``sleep`` and ``wait``:
     when to look again (None: when a batch in flight settles)."""
-    pause: str | None = None
     redis_now: float = 0.0
     """Redis's clock (unix s) when it claimed: the slots are this plus each ``slot_s``."""
     interval_s: float = 0.0
@@ -286,8 +288,6 @@ class Transitions:
                   c.sleep_after_ms, 1 if may_idle else 0, repr(time.time())],
         )  # fmt: skip
         kind = _text(answer[0])
-        if kind == "paused":
-            return Claim("paused", pause=_text(answer[2]))
         if kind in ("sleep", "wait"):
             wait = answer[1] if len(answer) > 1 else None
             return Claim(kind, wait_s=float(wait) / 1000 if wait is not None else None)  # type: ignore[arg-type]

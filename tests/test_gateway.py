@@ -491,22 +491,29 @@ async def test_probes_openapi_and_unknown_routes(api: httpx.AsyncClient) -> None
     assert missing.json()["error"] == "not_found"
 
 
+async def send_with_the_answer_dropped(
+    api: httpx.AsyncClient, redis_url: str, sandbox_url: str, sandbox: SandboxClient,
+    body: dict[str, Any],
+) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """Meta accepts ``body``'s message but its answer is lost; a worker runs until the status
+    webhook reconciles it. The message id, its status, and the sandbox's ledger."""
+    await customer_writes(api)
+    await sandbox.set_faults(drop_ratio=1)
+    message_id = (await api.post("/v1/messages", json=body)).json()["id"]
+    await run_burst_worker(
+        redis_url, sandbox_url, delivery=DeliveryConfig(reconcile_wait_s=30, reconcile_check_s=0.05)
+    )
+    status = (await api.get(f"/v1/messages/{message_id}")).json()
+    return message_id, status, await sandbox.ledger()
+
+
 async def test_dropped_answer_is_reconciled_by_webhook_not_resent(
     api: httpx.AsyncClient, redis_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient
 ) -> None:
     """Meta accepts but the answer is lost: waq waits for the status webhook and never resends."""
-    await customer_writes(api)
-    await sandbox.set_faults(drop_ratio=1)
-    message_id = (await api.post("/v1/messages", json={"to": CUSTOMER, "message": TEXT})).json()[
-        "id"
-    ]
-    await run_burst_worker(
-        redis_url,
-        sandbox_server.url,
-        delivery=DeliveryConfig(reconcile_wait_s=30, reconcile_check_s=0.05),
+    message_id, status, ledger = await send_with_the_answer_dropped(
+        api, redis_url, sandbox_server.url, sandbox, {"to": CUSTOMER, "message": TEXT}
     )
-    status = (await api.get(f"/v1/messages/{message_id}")).json()
-    ledger = await sandbox.ledger()
     assert [e["biz_opaque_callback_data"] for e in ledger] == [message_id]
     assert status["state"] in ("sent", "delivered", "read")
     assert status["wamid"] == ledger[0]["wamid"]
@@ -519,17 +526,10 @@ async def test_the_callers_callback_data_is_kept_and_still_reconciles(
     """A caller's own biz_opaque_callback_data goes to Meta after waq's id, comes back with the
     status, and the status webhook that carries both still finds the message when Meta's
     answer was lost (no wamid known)."""
-    await customer_writes(api)
-    await sandbox.set_faults(drop_ratio=1)
     body = {"to": CUSTOMER, "message": TEXT, "biz_opaque_callback_data": "crm:order-1042"}
-    message_id = (await api.post("/v1/messages", json=body)).json()["id"]
-    await run_burst_worker(
-        redis_url,
-        sandbox_server.url,
-        delivery=DeliveryConfig(reconcile_wait_s=30, reconcile_check_s=0.05),
+    message_id, status, ledger = await send_with_the_answer_dropped(
+        api, redis_url, sandbox_server.url, sandbox, body
     )
-    status = (await api.get(f"/v1/messages/{message_id}")).json()
-    ledger = await sandbox.ledger()
     assert [e["biz_opaque_callback_data"] for e in ledger] == [f"{message_id}:crm:order-1042"]
     assert status["state"] in ("sent", "delivered", "read")
     assert status["biz_opaque_callback_data"] == "crm:order-1042"

@@ -25,7 +25,7 @@ from producer.status import MessageState
 from producer.status_store import StatusStore
 from producer.transitions import Outcome, Transitions, lane_job_id
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer
-from tests.support import ACCESS_TOKEN, CUSTOMER, STRANGER, TEMPLATE
+from tests.support import ACCESS_TOKEN, CUSTOMER, STRANGER, TEMPLATE, Pipeline
 from tests.test_under_load import read_logs, spawn_workers, stop
 from waq.cli import app
 from worker.delivery import DeliveryConfig
@@ -280,3 +280,24 @@ async def test_the_overview_counts_running_lane_jobs_not_cron_leases(redis: Redi
     overview = await read_overview(redis)
     assert overview.in_flight == 1
     assert (overview.queue_depth, overview.queue_due, overview.lane_jobs) == (1, 1, 1)
+
+
+async def test_a_replaced_job_and_its_successor_in_one_worker_send_once(
+    pipeline: Pipeline, sandbox: SandboxClient, redis: Redis
+) -> None:
+    """Two jobs for one lane in the queue (the first replaced, as a resume does) run side by
+    side in a real worker: the message goes once, and both end leaving the lane idle with no
+    job, token or pending count behind (the claim that finds a stale token changes nothing:
+    test_a_sleeping_lane_is_woken_by_a_message_due_sooner)."""
+    sent = await pipeline.producer.enqueue(request())
+    assert await pipeline.producer.transitions.wake(PNID, replace=True) == "2"
+    assert await lane_jobs(redis) == [lane_job_id(PNID, "1"), lane_job_id(PNID, "2")]
+    await pipeline.run_worker()
+    assert [e["biz_opaque_callback_data"] for e in await sandbox.ledger()] == [sent.message_id]
+    assert await redis.hmget(keys.lane_job(PNID), ["token", "until", "pending"]) == [
+        None,
+        None,
+        b"0",
+    ]
+    assert await redis.zcard(keys.lane(PNID)) == 0
+    assert await lane_jobs(redis) == []

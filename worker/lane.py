@@ -27,7 +27,7 @@ from worker.delivery import Delivery, DeliveryConfig
 from worker.error_table import Action, ErrorRule, Suggestion
 from worker.limits import APP_SCOPE, RateLimiter
 
-__all__ = ["LaneJob", "LaneReport"]
+__all__ = ["LaneJob", "LaneReport", "RedisClock"]
 
 log = structlog.get_logger("waq.worker")
 
