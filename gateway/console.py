@@ -313,7 +313,7 @@ async def resume(
     state: State, session: Session, phone_number_id: str, csrf: Annotated[str, Form()]
 ) -> Response:
     check_csrf(session, csrf)
-    resumed = await PauseStore(state.redis).resume(phone_number_id)
+    resumed = await PauseStore(state.redis).resume(phone_number_id, by="console")
     if resumed:  # its lane's job waits out the pause check: start one now
         await state.producer.transitions.wake(phone_number_id, replace=True)
     notice = f"{phone_number_id} {'resumed' if resumed else 'was not paused'}."

@@ -1,36 +1,23 @@
 """Conversations: a (business number, customer) pair, created by the customer's first message.
 
-The id derives from the two numbers, keyed with a deployment secret: finding a conversation
-by its numbers needs no index, and an id seen in a log, a URL or a ticket does not give the
-customer's number away (an unkeyed hash of a phone number is reversed by brute force in
-milliseconds). Services find an id with ``GET /v1/conversations?customer=...``.
+Its id (``producer.conversation_ids``) derives from the two numbers under a deployment key;
+services find one with ``GET /v1/conversations?customer=...``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 import time
-from typing import Any, Final
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from producer import keys
+from producer.conversation_ids import ConversationIds, conversation_id_for
+from producer.transition_scripts import INBOUND
 from worker.windows import WINDOW_S, WindowStore
 
 __all__ = ["Conversation", "ConversationStore", "conversation_id_for"]
-
-_KEY: Final = "waq:conversation_key"
-"""string, the deployment's conversation-id key when WAQ_CONVERSATION_KEY is unset; no TTL."""
-
-
-def conversation_id_for(phone_number_id: str, wa_id: str, *, key: bytes) -> str:
-    """``c_`` + 24 hex digits of HMAC-SHA-256 over the two numbers, with the deployment's key."""
-    digest = hmac.new(key, f"{phone_number_id}:{wa_id}".encode(), hashlib.sha256).hexdigest()
-    return "c_" + digest[:24]
 
 
 class Window(BaseModel):
@@ -59,40 +46,32 @@ class ConversationStore:
     def __init__(self, redis: Redis, windows: WindowStore, *, key: str | None = None) -> None:
         self.redis = redis
         self.windows = windows
-        self._key = key.encode() if key else None
-
-    async def key(self) -> bytes:
-        """The id key: configured, or made at random once per deployment.
-
-        A made key is kept in Redis, so every gateway of the deployment derives the same ids.
-        """
-        if self._key is None:
-            await self.redis.set(_KEY, secrets.token_hex(32), nx=True)
-            stored = await self.redis.get(_KEY)
-            assert stored is not None  # just set, and never expires
-            self._key = bytes(stored)
-        return self._key
+        self.ids = ConversationIds(redis, key=key)
+        self._receive = redis.register_script(INBOUND)
 
     async def id_for(self, phone_number_id: str, wa_id: str) -> str:
         """The conversation id of two numbers, in this deployment."""
-        return conversation_id_for(phone_number_id, wa_id, key=await self.key())
+        return await self.ids.id_for(phone_number_id, wa_id)
 
-    @staticmethod
-    def touch_into(
+    async def receive_into(
+        self,
         pipe: Pipeline,
         conversation_id: str,
         phone_number_id: str,
         wa_id: str,
         *,
+        at: float,
         profile_name: str | None,
+        message_json: str,
     ) -> None:
-        """Queue the writes that create the conversation if new (the id from ``id_for``)."""
-        key = keys.conversation(conversation_id)
-        fields: dict[str, Any] = {"phone_number_id": phone_number_id, "wa_id": wa_id}
-        if profile_name:
-            fields["profile_name"] = profile_name
-        pipe.hsetnx(key, "created_at", repr(time.time()))
-        pipe.hset(key, mapping=fields)
+        """Queue a customer's message: its window, its conversation, and their events."""
+        await self._receive(
+            keys=[keys.window(phone_number_id, wa_id), keys.WINDOWS_CLOSING,
+                  keys.conversation(conversation_id)],
+            args=[at, WINDOW_S, conversation_id, phone_number_id, wa_id, profile_name or "",
+                  message_json, repr(time.time())],
+            client=pipe,
+        )  # fmt: skip
 
     async def get(self, conversation_id: str) -> Conversation | None:
         """A conversation with its window, or None if the customer never wrote in."""

@@ -61,7 +61,10 @@ class GatewayState:
 
     def __post_init__(self) -> None:
         self.producer = Producer(
-            self.redis, queue_name=self.config.queue_name, retention_s=self.config.retention_s
+            self.redis,
+            queue_name=self.config.queue_name,
+            retention_s=self.config.retention_s,
+            conversation_key=self.config.conversation_key,
         )
         self.statuses = self.producer.statuses
         self.windows = WindowStore(self.redis, margin_s=self.config.window_margin_s)

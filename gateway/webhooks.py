@@ -35,7 +35,6 @@ __all__ = ["WebhookProcessor", "WebhookResult", "verify_signature"]
 log = structlog.get_logger("waq.gateway")
 
 _DEDUPE_TTL_S: Final = 8 * 24 * 3600  # Meta retries a webhook for up to 7 days
-_STREAM_MAXLEN: Final = 100_000
 _STATUS_STATES: Final = {
     "sent": MessageState.SENT,
     "delivered": MessageState.DELIVERED,
@@ -48,7 +47,7 @@ _DELIVERED: Final = (MessageState.DELIVERED, MessageState.READ)
 _ID: Final = re.compile(r"^[0-9]{1,32}$")
 _WA_ID: Final = re.compile(r"^[0-9]{6,20}$")  # a phone number's digits, as Meta sends `from`
 _MAX_ID_CHARS: Final = 512
-_MAX_MESSAGE_CHARS: Final = 64 * 1024  # an inbound message's JSON on the stream
+_MAX_MESSAGE_CHARS: Final = 64 * 1024  # an inbound message's JSON, in its event
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -209,21 +208,10 @@ class WebhookProcessor:
         conversation_id = await self.conversations.id_for(phone_number_id, wa_id)
 
         async def apply(pipe: Pipeline) -> None:
-            await self.windows.record_inbound_into(pipe, phone_number_id, str(wa_id), at)
-            self.conversations.touch_into(
-                pipe, conversation_id, phone_number_id, wa_id, profile_name=profile_name
-            )
-            pipe.xadd(
-                keys.INBOUND_STREAM,
-                {
-                    "conversation_id": conversation_id,
-                    "phone_number_id": phone_number_id,
-                    "wa_id": str(wa_id),
-                    "message": encoded,
-                },
-                maxlen=_STREAM_MAXLEN,
-                approximate=True,
-            )
+            await self.conversations.receive_into(
+                pipe, conversation_id, phone_number_id, wa_id,
+                at=at, profile_name=profile_name, message_json=encoded,
+            )  # fmt: skip
 
         if await self._apply_once("message", str(message_id), apply) is None:
             result.duplicates += 1

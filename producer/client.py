@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import keys
+from producer.conversation_ids import ConversationIds, conversation_id_for
 from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest
 from producer.messages import TemplateMessage
 from producer.request import SendRequest
@@ -81,7 +82,9 @@ def _fingerprint(payload: dict[str, Any]) -> str:
 class Producer:
     """Validates and enqueues send requests; answers status lookups.
 
-    Use ``Producer.connect(url)`` or pass a ``redis.asyncio.Redis`` you own.
+    Use ``Producer.connect(url)`` or pass a ``redis.asyncio.Redis`` you own. A deployment
+    that sets ``WAQ_CONVERSATION_KEY`` gives its producers the same ``conversation_key``: each
+    message's events name its conversation.
     """
 
     def __init__(
@@ -90,9 +93,11 @@ class Producer:
         *,
         queue_name: str = keys.DEFAULT_QUEUE,
         retention_s: int = 7 * 24 * 3600,
+        conversation_key: str | None = None,
         owns_redis: bool = False,
     ) -> None:
         self.redis = redis
+        self.conversations = ConversationIds(redis, key=conversation_key)
         self.queue_name = queue_name
         self.statuses = StatusStore(redis, retention_s=retention_s)
         self.transitions = Transitions(redis, retention_s=retention_s, queue_name=queue_name)
@@ -139,12 +144,16 @@ class Producer:
         if check_templates:
             await self._check_templates(valid)
         ids = []
+        conversation_key = await self.conversations.key()
         async with self.redis.pipeline(transaction=False) as pipe:
             for request in valid:
                 message_id = message_id_for(request.phone_number_id, request.idempotency_key)
                 ids.append(message_id)
                 payload = request.model_dump(mode="json", exclude_none=True)
                 fields, event = self.statuses.new_record(request, payload)
+                fields["conversation_id"] = conversation_id_for(
+                    request.phone_number_id, request.wa_id, key=conversation_key
+                )
                 await self.transitions.enqueue_into(
                     pipe,
                     message_id,

@@ -6,6 +6,7 @@ renders them as ``{"error": code, "detail": ..., "field": ...}``) never parse me
     WaqError                         code: str
     ├── InvalidRequest               a send request broke a contract rule (lists every field)
     │   └── IdempotencyKeyReused     the key names an earlier, different request
+    ├── ConfigurationError           this process is set up unlike the deployment it joins
     └── (worker.errors)              delivery errors live beside the code that raises them:
         ├── GraphError               Meta answered with an error body
         └── GraphTransportError      no answer: timeout, dropped connection, refused
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pydantic
 
-__all__ = ["FieldError", "IdempotencyKeyReused", "InvalidRequest", "WaqError"]
+__all__ = ["ConfigurationError", "FieldError", "IdempotencyKeyReused", "InvalidRequest", "WaqError"]
 
 
 class WaqError(Exception):
@@ -36,6 +37,12 @@ class WaqError(Exception):
     def detail(self) -> str:
         """The human-readable message, without the code."""
         return str(self.args[0]) if self.args else ""
+
+
+class ConfigurationError(WaqError):
+    """The process's settings disagree with the deployment's (as found in Redis)."""
+
+    code = "configuration_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,21 +9,26 @@ from typing import Final
 
 __all__ = [
     "ARQ_JOB_PREFIX",
+    "CONVERSATION_KEY_CONFIGURED",
     "DEAD_LETTERS",
     "DEAD_LETTER_COUNTS",
     "DEFAULT_QUEUE",
-    "INBOUND_STREAM",
+    "EVENTS",
+    "EVENTS_CURSOR",
     "PAUSED_NUMBERS",
     "SENDERS",
     "SENDER_LAST_SUCCESS",
     "TEMPLATES",
     "WEBHOOK_SEEN",
+    "WEBHOOK_SUBSCRIPTIONS",
+    "WINDOWS_CLOSING",
     "conversation",
     "dead_letter",
     "lane",
     "lane_job",
     "message",
     "message_history",
+    "subscription",
     "wamid",
     "webhook_delivery",
     "window",
@@ -82,8 +87,24 @@ def wamid(wamid_: str) -> str:
     return f"waq:wamid:{wamid_}"
 
 
-INBOUND_STREAM: Final = "waq:inbound"
-"""stream, one entry per inbound customer message, for agents and flows; capped ~100,000."""
+EVENTS: Final = "waq:events"
+"""stream, every event of the deployment (``producer.events``): fields ``type`` and ``data``
+(JSON); the entry id is the event's id. The worker's event pump trims it to about
+``WAQ_EVENTS_MAXLEN`` entries, never past what it has not yet handed to subscriptions."""
+
+EVENTS_CURSOR: Final = "waq:events:cursor"
+"""string, the id of the last event the pump handed to webhook subscriptions; no TTL."""
+
+WINDOWS_CLOSING: Final = "waq:windows:closing"
+"""zset, "<phone_number_id>:<wa_id>" scored by when its service window closes (unix s); a
+member leaves when its ``conversation.window_closing`` event is emitted."""
+
+CONVERSATION_KEY_CONFIGURED: Final = "waq:conversation_key:configured"
+"""string, a fingerprint of WAQ_CONVERSATION_KEY, written by processes that have it: a
+producer without the key refuses to make up ids that would not match."""
+
+WEBHOOK_SUBSCRIPTIONS: Final = "waq:webhooks"
+"""hash, subscription id -> JSON (url, secrets, types, numbers, state...); no TTL."""
 
 WEBHOOK_SEEN: Final = "waq:webhook:seen"
 """hash, {verified_at, last_post_at} (unix s) of Meta's handshake and last signed POST."""
@@ -92,6 +113,23 @@ WEBHOOK_SEEN: Final = "waq:webhook:seen"
 def conversation(conversation_id: str) -> str:
     """hash, {phone_number_id, wa_id, profile_name, created_at, last_inbound_at}; no TTL."""
     return f"waq:conv:{conversation_id}"
+
+
+def subscription(subscription_id: str, part: str) -> str:
+    """A webhook subscription's outbox keys, by ``part``.
+
+    - ``due``: zset, each conversation with events waiting, scored by when its first is due
+      (unix ms); a conversation in flight is scored at its claim deadline.
+    - ``q:<conversation>``: list of events (``producer.events`` wire form), oldest first.
+    - ``job``: hash {token, until, n}: the one delivery job that may claim (as a lane's).
+    - ``tries``: hash, conversation -> failed attempts of its first event.
+    - ``dead``: list of JSON {event, reason, status, at}: events it gave up on, oldest first.
+    - ``log``: list of JSON attempts (status, latency, snippet), newest first, capped.
+    - ``stats``: hash of counters (delivered, failed, dead, ...).
+
+    No TTL: an outbox empties as its events are delivered or dead-lettered.
+    """
+    return f"waq:wh:{{{subscription_id}}}:{part}"
 
 
 def webhook_delivery(kind: str, item_id: str) -> str:

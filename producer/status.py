@@ -82,6 +82,8 @@ class MessageStatus(BaseModel):
     phone_number_id: str
     to: str
     type: str
+    conversation_id: str | None = None
+    """The (business number, customer) pair's id, as in the message's events."""
     attempts: int = 0
     wamid: str | None = None
     next_attempt_at: float | None = None

@@ -88,6 +88,7 @@ class StatusStore:
             phone_number_id=fields.get("phone_number_id", ""),
             to=fields.get("to", ""),
             type=fields.get("type", ""),
+            conversation_id=fields.get("conversation_id"),
             attempts=int(fields.get("attempts", 0)),
             wamid=fields.get("wamid"),
             next_attempt_at=float(fields["next_attempt_at"])

@@ -1,10 +1,13 @@
 """The Lua of every message transition; ``producer.transitions`` is the only module that runs it.
 
 Each script is one atomic step over a message's record, its history, its conversation's order
-list and its sender's lane. They share three helpers: ``finish`` (a message is final: out of
-its lane and order list, the conversation's next message becomes due), ``wake`` (a lane with
-no job, or a job asleep past a message now due, gets a new job token) and ``count`` (the
-dead-letter counts, kept from the entry's own JSON).
+list and its sender's lane, and it emits the step's event (``producer.events``) to the events
+stream in that same step: an event exists exactly when its transition happened, and the
+stream's order is the order of the transitions. They share these helpers:
+``finish`` (a message is final: out of its lane and order list, the conversation's next
+message becomes due), ``wake`` (a lane with no job, or a job asleep past a message now due,
+gets a new job token), ``count`` (the dead-letter counts, kept from the entry's own JSON) and
+``emit`` (an event).
 
 Key names built inside a script come from ``producer.keys`` (``_FORMATS``), so the two never
 disagree. On one Redis that is all a script needs; see docs/performance.md for the keys a
@@ -21,13 +24,18 @@ from producer.status import FINAL_STATES, STATE_RANK
 __all__ = [
     "CLAIM",
     "DEAD_LETTER",
+    "EMIT",
     "ENQUEUE",
+    "INBOUND",
+    "OPEN_WINDOW",
     "PURGE",
     "RECORD",
+    "RECORD_WINDOW",
     "REQUEUE",
     "SETTLE",
     "SLOWDOWN_FACTOR",
     "WAKE_IF_WAITING",
+    "WINDOW_CLOSING",
 ]
 
 _RANKS = "{" + ", ".join(f"{state.value}={rank}" for state, rank in STATE_RANK.items()) + "}"
@@ -50,6 +58,44 @@ local function wa_of(to) return (string.gsub(to or '', '^%+', '')) end
 -- millisecond for a unix time, and a limiter's next slot rounded down by up to that on every
 -- claim ran 3% fast (992/s against 970/s booked).
 local function t6(x) return string.format('%.6f', x) end
+"""
+
+# ``emit`` appends one event; ``about`` fills a message event's common fields from the record;
+# ``dead_lettered`` emits a dead letter's events from its entry's JSON. Events carry what a
+# service needs to act without a second read (ids, metadata, its callback data, the error).
+EMIT: Final = f"""
+local EVENTS = '{keys.EVENTS}'
+local function emit(kind, data)
+  redis.call('XADD', EVENTS, '*', 'type', kind, 'data', cjson.encode(data))
+end
+local function about(id, key, data)
+  local m = redis.call('HMGET', key, 'phone_number_id', 'to', 'conversation_id', 'metadata',
+                       'request', 'wamid')
+  data.message_id = id
+  data.phone_number_id = m[1] or nil
+  data.to = m[2] or nil
+  data.conversation_id = m[3] or nil
+  data.metadata = m[4] and cjson.decode(m[4]) or {{}}
+  if data.wamid == nil then data.wamid = m[6] or nil end
+  if m[5] and string.find(m[5], '"biz_opaque_callback_data"', 1, true) then
+    data.biz_opaque_callback_data = cjson.decode(m[5]).biz_opaque_callback_data
+  end
+  return data
+end
+local function dead_lettered(id, key, raw)
+  local e = cjson.decode(raw)
+  local function with(data)
+    data = about(id, key, data)
+    data.phone_number_id = data.phone_number_id or e.phone_number_id
+    data.to = data.to or e.to
+    return data
+  end
+  if type(e.error) == 'table' and e.error.source == 'status webhook' then
+    emit('message.failed', with({{status = 'failed', error = e.error}}))
+  end
+  emit('message.dead_lettered', with({{status = 'dead', error = e.error, hint = e.hint,
+                                      suggestion = e.suggestion}}))
+end
 """
 
 # A lane with no job (no token), or whose job sleeps past ``due_ms``, gets a new token: the
@@ -112,7 +158,7 @@ local function count(hash, raw, by)
 end
 """
 
-_PRELUDE: Final = _FORMATS + _WAKE + _FINISH + _JOIN + _COUNT
+_PRELUDE: Final = _FORMATS + EMIT + _WAKE + _FINISH + _JOIN + _COUNT
 
 # KEYS: record, history, order list, lane, lane job. ARGV: id, request fingerprint,
 # retention s, first history event, record fields (flat pairs)...
@@ -129,6 +175,7 @@ if state then
 end
 redis.call('HSET', KEYS[1], 'request_hash', ARGV[2], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+emit('message.queued', about(ARGV[1], KEYS[1], {status = 'queued'}))
 return {'', join(KEYS[3], KEYS[4], KEYS[5], KEYS[2], ARGV[1], ARGV[4], ARGV[3])}
 """
 )
@@ -285,6 +332,7 @@ for i = 4, #ARGV, 7 do
     -- the retention their last move gave them (a status webhook gives them another).
     if open then
       redis.call('HSET', key, 'wamid', ARGV[i + 4], 'state', 'accepted', 'updated_at', t6(now))
+      emit('message.sent', about(id, key, {status = 'accepted', attempt = tonumber(ARGV[i + 3])}))
     else
       redis.call('HSET', key, 'wamid', ARGV[i + 4])
     end
@@ -321,6 +369,7 @@ for i = 4, #ARGV, 7 do
       end
       redis.call('HDEL', key, 'next_attempt_at')
       log(history, ARGV[i + 4])
+      dead_lettered(id, key, ARGV[i + 6])
     end
     token = finish(pnid, wa, id, now)
   end
@@ -351,6 +400,17 @@ if moves then
   redis.call('HSET', KEYS[1], 'state', ARGV[1])
   for field, value in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[1], field, value) end
   for field in string.gmatch(ARGV[7], '[^,]+') do redis.call('HDEL', KEYS[1], field) end
+end
+-- Events for what moved forward: Meta's word that it took a message whose outcome waq did
+-- not know is its `sent`; then delivered and read. A repeat or a late status emits nothing.
+if moves and new > old then
+  if old < 2 and new >= 2 then
+    emit('message.sent', about(ARGV[4], KEYS[1], {status = 'accepted'}))
+  end
+  if ARGV[1] == 'delivered' or ARGV[1] == 'read' then
+    emit('message.' .. ARGV[1], about(ARGV[4], KEYS[1],
+         {status = ARGV[1], at = cjson.decode(ARGV[2]).at}))
+  end
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -386,6 +446,7 @@ redis.call('HDEL', KEYS[4], 'next_attempt_at')
 redis.call('RPUSH', KEYS[5], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('EXPIRE', KEYS[5], ARGV[5])
+dead_lettered(ARGV[1], KEYS[4], ARGV[2])
 local m = redis.call('HMGET', KEYS[4], 'phone_number_id', 'to')
 if m[1] then
   local token = finish(m[1], wa_of(m[2]), ARGV[1])
@@ -417,6 +478,7 @@ redis.call('HSETNX', KEYS[4], 'created_at', ARGV[5])
 redis.call('HDEL', KEYS[4], 'error', 'detail', 'wamid', 'next_attempt_at', 'sending_at')
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 local token = join(KEYS[6], KEYS[7], KEYS[8], KEYS[5], ARGV[1], ARGV[4], ARGV[3])
+emit('message.requeued', about(ARGV[1], KEYS[4], {status = 'queued'}))
 count(KEYS[3], raw, -1)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -451,5 +513,87 @@ if token and (ARGV[2] == '1' or redis.call('EXISTS', ARGV[1] .. token) == 0) the
   redis.call('HDEL', KEYS[2], 'token', 'until')
 end
 return wake(KEYS[2], tonumber(first[2]))
+"""
+)
+
+# A window opens or moves forward only (webhooks arrive out of order and twice) and expires
+# when it closes; the closing-soon index learns its new close. Returns 2 opened (it was
+# closed), 1 extended, 0 kept (an older message). KEYS: window, closing index. ARGV at,
+# window s, the index member.
+OPEN_WINDOW: Final = """
+local function open_window(window, closing, at, window_s, member)
+  local current = tonumber(redis.call('GET', window) or '0')
+  if at <= current then return 0 end
+  redis.call('SET', window, t6(at), 'EXAT', math.floor(at) + window_s)
+  if member then redis.call('ZADD', closing, at + window_s, member) end
+  if at - current >= window_s then return 2 end
+  return 1
+end
+"""
+
+# KEYS: window. ARGV: at, window s. A window moved by hand (tests, the demo, benchmarks).
+RECORD_WINDOW: Final = (
+    _FORMATS
+    + OPEN_WINDOW
+    + "return open_window(KEYS[1], nil, tonumber(ARGV[1]), tonumber(ARGV[2]), nil)"
+)
+
+# KEYS: window, closing-soon index, conversation. ARGV: 1 Meta's time of the message (unix
+# s), 2 window s, 3 conversation id, 4 phone_number_id, 5 wa_id, 6 profile name or '',
+# 7 the message's JSON (as Meta sent it), 8 now. A customer's message: the window, the
+# conversation (created on its first message), and their events. The message goes into its
+# event as it came (spliced, not re-encoded: cjson would turn [] into {}).
+INBOUND: Final = (
+    _FORMATS
+    + EMIT
+    + OPEN_WINDOW
+    + """
+local pnid, wa = ARGV[4], ARGV[5]
+local at, window_s = tonumber(ARGV[1]), tonumber(ARGV[2])
+local opened = open_window(KEYS[1], KEYS[2], at, window_s, pnid .. ':' .. wa .. ':' .. ARGV[3])
+local created = redis.call('HSETNX', KEYS[3], 'created_at', ARGV[8]) == 1
+redis.call('HSET', KEYS[3], 'phone_number_id', pnid, 'wa_id', wa)
+local name = nil
+if ARGV[6] ~= '' then
+  name = ARGV[6]
+  redis.call('HSET', KEYS[3], 'profile_name', name)
+end
+local who = {conversation_id = ARGV[3], phone_number_id = pnid, wa_id = wa,
+             customer = '+' .. wa, profile_name = name}
+if created then emit('conversation.created', who) end
+who.window_opened = opened == 2
+if opened > 0 then who.window_closes_at = at + window_s end
+local head = cjson.encode(who)
+redis.call('XADD', EVENTS, '*', 'type', 'message.received',
+           'data', string.sub(head, 1, -2) .. ',"message":' .. ARGV[7] .. '}')
+return opened
+"""
+)
+
+# KEYS: closing-soon index. ARGV: now (unix s), lead s, most to take. Each window closing
+# within the lead (and not closed yet) gets its ``conversation.window_closing`` event, once:
+# a new message moves the window, and the member comes back with its new close.
+WINDOW_CLOSING: Final = (
+    _FORMATS
+    + EMIT
+    + """
+local now, lead = tonumber(ARGV[1]), tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now + lead, 'WITHSCORES', 'LIMIT', 0,
+                       tonumber(ARGV[3]))
+local emitted = 0
+for i = 1, #due, 2 do
+  local member, closes = due[i], tonumber(due[i + 1])
+  redis.call('ZREM', KEYS[1], member)
+  if closes > now then
+    local pnid, wa, conversation = string.match(member, '^([^:]+):([^:]+):(.+)$')
+    if pnid then
+      emit('conversation.window_closing', {conversation_id = conversation,
+           phone_number_id = pnid, wa_id = wa, customer = '+' .. wa, closes_at = closes,
+           closes_in_s = math.floor(closes - now)})
+      emitted = emitted + 1
+    end
+  end
+end
+return {emitted, #due / 2}
 """
 )

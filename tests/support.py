@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from producer import keys
 from producer.client import Enqueued, Producer
+from producer.events import Event
 from producer.status import MessageStatus
 from producer.status_store import StatusStore
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient
@@ -158,3 +160,9 @@ class Pipeline:
         status = await self.producer.status(message_id)
         assert status is not None
         return status
+
+
+async def events_in_stream(redis: Redis, *types: str) -> list[Event]:
+    """The events really in the deployment's stream (all, or those of ``types``), in order."""
+    events = [Event.from_entry(i, f) for i, f in await redis.xrange(keys.EVENTS)]
+    return [e for e in events if not types or e.type in types]

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from producer import keys
 from sandbox import SandboxClient
 from tests.fault_cluster import FINAL, PNID, Cluster, Report, kill
+from tests.support import events_in_stream
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -193,6 +194,6 @@ async def test_webhooks_delivered_twice(cluster: Cluster) -> None:
         assert states["sent"] == states["delivered"] == states["read"] == 1, (message_id, states)
     redis = Redis.from_url(cluster.redis_url)
     try:
-        assert await redis.xlen(keys.INBOUND_STREAM) == len(customers)
+        assert len(await events_in_stream(redis, "message.received")) == len(customers)
     finally:
         await redis.aclose()

@@ -18,7 +18,7 @@ from gateway.conversations import ConversationStore
 from producer import keys
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
 from tests.conftest import API_KEY, APP_SECRET, VERIFY_TOKEN
-from tests.support import run_burst_worker
+from tests.support import events_in_stream, run_burst_worker
 from worker.delivery import DeliveryConfig
 from worker.pauses import PauseStore
 from worker.windows import WindowStore
@@ -255,9 +255,12 @@ async def test_inbound_opens_window_creates_conversation_and_is_published(
     found = await api.get("/v1/conversations", params={"customer": "+1 650 555 1234"})
     assert found.json()["id"] == conversation_id
     await eventually(lambda: _count_webhooks(sandbox, 2))
-    entries = await redis.xrange(keys.INBOUND_STREAM)
-    assert len(entries) == 1
-    assert entries[0][1][b"conversation_id"].decode() == conversation_id
+    received = await events_in_stream(redis, "message.received")
+    assert len(received) == 1
+    assert received[0].conversation_id == conversation_id
+    assert received[0].data["window_opened"] is True
+    created = await events_in_stream(redis, "conversation.created")
+    assert [e.conversation_id for e in created] == [conversation_id]
 
 
 async def _count_webhooks(sandbox: SandboxClient, n: int) -> bool:
@@ -562,25 +565,23 @@ async def test_unreconciled_send_is_dead_lettered_as_ambiguous_by_policy(
 async def test_an_inbound_message_whose_apply_failed_is_applied_when_redelivered(
     api: httpx.AsyncClient, redis: Redis
 ) -> None:
-    """Redis fails the apply half way (the inbound stream's key has the wrong type): the
+    """Redis fails the apply half way (the events stream's key has the wrong type): the
     gateway answers 5xx; Meta's redelivery, once Redis is right, opens the window and
     publishes the message, once. A marker set before the apply lost it as a duplicate."""
-    await redis.set(keys.INBOUND_STREAM, "not a stream")
+    await redis.set(keys.EVENTS, "not a stream")
     raw, headers = signed(inbound_payload("wamid.apply-fails-once"))
     failed = await api.post("/webhooks/whatsapp", content=raw, headers=headers)
     assert failed.status_code >= 500
-    await redis.delete(keys.INBOUND_STREAM)
+    await redis.delete(keys.EVENTS)
     redelivered = await api.post("/webhooks/whatsapp", content=raw, headers=headers)
     assert redelivered.status_code == 200
     assert redelivered.json()["inbound"] == 1
     assert await WindowStore(redis).is_open(PNID, "16505551234")
-    entries = await redis.xrange(keys.INBOUND_STREAM)
-    assert [json.loads(fields[b"message"])["id"] for _, fields in entries] == [
-        "wamid.apply-fails-once"
-    ]
+    received = await events_in_stream(redis, "message.received")
+    assert [e.data["message"]["id"] for e in received] == ["wamid.apply-fails-once"]
     again = await api.post("/webhooks/whatsapp", content=raw, headers=headers)
     assert again.json()["duplicates"] == 1
-    assert await redis.xlen(keys.INBOUND_STREAM) == 1
+    assert len(await events_in_stream(redis, "message.received")) == 1
 
 
 async def test_an_async_failure_whose_apply_failed_is_dead_lettered_when_redelivered(

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from producer import keys
 from sandbox import BackgroundServer, SandboxClient
 from tests.conftest import API_KEY
+from tests.support import events_in_stream
 from tests.test_gateway import CUSTOMER, PNID, TEXT, customer_writes_direct, envelope, signed
 
 MiB = 1024 * 1024
@@ -271,7 +272,7 @@ async def test_a_malformed_webhook_item_is_skipped_and_the_rest_applied(
     answer = response.json()
     assert answer["inbound"] == 1
     assert answer["unknown"] == 3
-    assert await redis.xlen(keys.INBOUND_STREAM) == 1
+    assert len(await events_in_stream(redis, "message.received")) == 1
     assert await redis.exists(keys.window(PNID, "16505550003"))
     assert not await redis.exists(keys.window(PNID, "16505550001"))
 

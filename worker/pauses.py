@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from producer import keys
+from producer.transition_scripts import EMIT
 
 __all__ = ["Pause", "PauseStore"]
 
@@ -26,17 +27,53 @@ class Pause:
     by: str = "worker"
 
 
+# A number paused: its event, with the pause's own fields. ARGV[1] the number, ARGV[3] the
+# pause JSON.
+_PAUSED: Final = """
+local function paused(number, raw)
+  local p = cjson.decode(raw)
+  emit('number.paused', {phone_number_id = number, reason = p.reason, code = p.code, by = p.by})
+end
+"""
+
+# KEYS: paused hash. ARGV: phone_number_id, (unused), pause JSON. Returns 1 paused, 0 already.
+_PAUSE: Final = (
+    EMIT
+    + _PAUSED
+    + """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then return 0 end
+paused(ARGV[1], ARGV[3])
+return 1
+"""
+)
+
+# KEYS: paused hash. ARGV: phone_number_id, who resumed it. Returns 1 resumed, 0 not paused.
+_RESUME: Final = (
+    EMIT
+    + """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+emit('number.resumed', {phone_number_id = ARGV[1], by = ARGV[2]})
+return 1
+"""
+)
+
 # KEYS: paused hash, last-success hash, the failed message's status hash.
 # ARGV: phone_number_id, failure time, pause JSON, the message's states that make it stale.
 # Returns 1 paused, 0 already paused, -1 refused: the number sent successfully since, or
 # the failed message itself was delivered.
-_PAUSE_IF_NEWER: Final = """
+_PAUSE_IF_NEWER: Final = (
+    EMIT
+    + _PAUSED
+    + """
 local ok = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if tonumber(ARGV[2]) < ok then return -1 end
 local state = redis.call('HGET', KEYS[3], 'state')
 if state and string.find(ARGV[4], ',' .. state .. ',', 1, true) then return -1 end
-return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3])
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then return 0 end
+paused(ARGV[1], ARGV[3])
+return 1
 """
+)
 
 # KEYS: last-success hash. ARGV: phone_number_id, time. Moves forward only.
 _NOTE_SUCCESS: Final = """
@@ -51,6 +88,8 @@ class PauseStore:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._pause = redis.register_script(_PAUSE)
+        self._resume = redis.register_script(_RESUME)
         self._pause_if_newer = redis.register_script(_PAUSE_IF_NEWER)
         self._note_success = redis.register_script(_NOTE_SUCCESS)
 
@@ -59,7 +98,9 @@ class PauseStore:
     ) -> bool:
         """Pause a number; False if it was already paused (the first reason is kept)."""
         value = self._value(reason=reason, code=code, by=by)
-        return bool(await self.redis.hsetnx(keys.PAUSED_NUMBERS, phone_number_id, value))  # type: ignore[misc]
+        return bool(
+            await self._pause(keys=[keys.PAUSED_NUMBERS], args=[phone_number_id, "", value])
+        )
 
     def pause_if_newer_into(
         self,
@@ -100,9 +141,9 @@ class PauseStore:
     def _value(*, reason: str, code: int | None, by: str) -> str:
         return json.dumps(asdict(Pause(reason=reason, code=code, since=time.time(), by=by)))
 
-    async def resume(self, phone_number_id: str) -> bool:
-        """Resume a number; False if it was not paused."""
-        return bool(await self.redis.hdel(keys.PAUSED_NUMBERS, phone_number_id))  # type: ignore[misc]
+    async def resume(self, phone_number_id: str, *, by: str = "operator") -> bool:
+        """Resume a number; False if it was not paused. ``by``: who, for its event."""
+        return bool(await self._resume(keys=[keys.PAUSED_NUMBERS], args=[phone_number_id, by]))
 
     async def get(self, phone_number_id: str) -> Pause | None:
         """The pause of one number, if any."""

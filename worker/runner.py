@@ -173,7 +173,7 @@ async def probe_paused_numbers(ctx: dict[str, Any]) -> dict[str, str]:
             results[phone_number_id] = f"still failing: {exc.code}"
             continue
         if info.can_send:
-            await pauses.resume(phone_number_id)
+            await pauses.resume(phone_number_id, by="health probe")
             await ctx["transitions"].wake(phone_number_id, replace=True)
             log.warning("alert.number_resumed", phone_number_id=phone_number_id, by="health probe")
             results[phone_number_id] = "resumed"

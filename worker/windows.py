@@ -10,22 +10,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from producer import keys
+from producer.transition_scripts import RECORD_WINDOW
 
 __all__ = ["WINDOW_S", "WindowStore"]
 
 WINDOW_S: Final = 24 * 3600
-
-# Moves the last-inbound time forward only (webhooks arrive out of order and twice), and
-# lets the key expire when the window closes.
-_RECORD: Final = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local at = tonumber(ARGV[1])
-if at > current then
-  redis.call('SET', KEYS[1], ARGV[1], 'EXAT', math.floor(at) + tonumber(ARGV[2]))
-  return 1
-end
-return 0
-"""
 
 
 class WindowStore:
@@ -34,7 +23,7 @@ class WindowStore:
     def __init__(self, redis: Redis, *, margin_s: float = 60.0) -> None:
         self.redis = redis
         self.margin_s = margin_s
-        self._record = redis.register_script(_RECORD)
+        self._record = redis.register_script(RECORD_WINDOW)
 
     async def record_inbound(self, phone_number_id: str, wa_id: str, at: float) -> bool:
         """Open or extend the window from an inbound message's own timestamp."""
@@ -43,7 +32,11 @@ class WindowStore:
     def record_inbound_into(
         self, pipe: Pipeline | None, phone_number_id: str, wa_id: str, at: float
     ) -> Awaitable[Any]:
-        """``record_inbound`` on a caller's pipeline (only queued there; answer 1: moved)."""
+        """``record_inbound`` on a caller's pipeline (only queued there; answer > 0: moved).
+
+        Only the window: a customer's message from Meta's webhook goes through
+        ``ConversationStore.receive_into``, which also emits its events.
+        """
         return self._record(
             keys=[keys.window(phone_number_id, wa_id)], args=[at, WINDOW_S], client=pipe
         )
