@@ -23,6 +23,7 @@ from gateway.errors import ApiError, error_body, install_error_handlers
 from gateway.graph_door import GRAPH_DOOR_PATH, graph_door
 from gateway.guard import RequestGuard
 from gateway.state import GatewayConfig, GatewayState, gateway_state, key_matches
+from gateway.subscriptions_api import subscriptions_router
 from gateway.webhooks import verify_signature
 from producer import keys
 
@@ -58,8 +59,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         max_body_bytes=config.max_body_bytes,
         graph_paths=GRAPH_DOOR_PATH,
     )
-    app.include_router(router)
-    app.include_router(console_router)
+    for routes in (router, subscriptions_router, console_router):
+        app.include_router(routes)
 
     async def login_required(request: Request, exc: Exception) -> Response:
         target = urllib.parse.urlencode({"next": request.url.path})
@@ -105,6 +106,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             raise ApiError("body is not a JSON object", code="invalid_json", status_code=400)
         await state.redis.hset(keys.WEBHOOK_SEEN, "last_post_at", repr(time.time()))  # type: ignore[misc]
         result = await state.webhooks.handle(payload)
+        await state.webhooks.forward_raw(raw, payload)
         return {"ok": True, **{k: getattr(result, k) for k in result.__slots__}}
 
     @app.get("/metrics", tags=["probes"], response_class=PlainTextResponse)

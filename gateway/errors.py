@@ -3,6 +3,7 @@
 WaqError (producer.errors)
 └── ApiError                 code + status_code (+ field)
     ├── Unauthorized         401 missing or wrong key
+    ├── Forbidden            403 an API key where an admin key is needed
     ├── NotFound             404 message / conversation / route
     └── Conflict             409 e.g. window_closed
 """
@@ -31,6 +32,7 @@ __all__ = [
     "ApiError",
     "Conflict",
     "ErrorBody",
+    "Forbidden",
     "NotFound",
     "Unauthorized",
     "install_error_handlers",
@@ -111,6 +113,12 @@ class Unauthorized(ApiError):
     """Missing or wrong API key."""
 
     status_code = 401
+
+
+class Forbidden(ApiError):
+    """A valid key without the right: an API key on an admin route."""
+
+    status_code = 403
 
 
 class NotFound(ApiError):

@@ -11,7 +11,7 @@ from fastapi import Header, Request
 from redis.asyncio import ConnectionPool
 
 from gateway.conversations import ConversationStore
-from gateway.errors import Unauthorized
+from gateway.errors import Forbidden, Unauthorized
 from gateway.guard import DEFAULT_MAX_BODY_BYTES
 from gateway.metrics import QueueMetrics
 from gateway.webhooks import WebhookProcessor
@@ -20,9 +20,17 @@ from producer.client import Producer, json_serializer, reconnecting
 from producer.status_store import StatusStore
 from worker.dead_letters import DeadLetterStore
 from worker.pauses import PauseStore
+from worker.subscriptions import SubscriptionStore
 from worker.windows import WindowStore
 
-__all__ = ["GatewayConfig", "GatewayState", "gateway_state", "key_matches", "require_api_key"]
+__all__ = [
+    "GatewayConfig",
+    "GatewayState",
+    "gateway_state",
+    "key_matches",
+    "require_admin_key",
+    "require_api_key",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,7 @@ class GatewayState:
     windows: WindowStore = field(init=False)
     conversations: ConversationStore = field(init=False)
     dead_letters: DeadLetterStore = field(init=False)
+    subscriptions: SubscriptionStore = field(init=False)
     webhooks: WebhookProcessor = field(init=False)
     metrics: QueueMetrics = field(init=False)
 
@@ -74,6 +83,7 @@ class GatewayState:
         self.dead_letters = DeadLetterStore(
             self.redis, self.statuses, queue_name=self.config.queue_name
         )
+        self.subscriptions = SubscriptionStore(self.redis, queue_name=self.config.queue_name)
         self.webhooks = WebhookProcessor(
             self.redis,
             statuses=self.statuses,
@@ -125,3 +135,17 @@ def require_api_key(request: Request, x_api_key: str | None = Header(default=Non
     config = gateway_state(request).config
     if not key_matches(x_api_key, config.api_keys + config.admin_keys):
         raise Unauthorized("missing or unknown X-API-Key", code="unauthorized", field="X-API-Key")
+
+
+def require_admin_key(request: Request, x_api_key: str | None = Header(default=None)) -> None:
+    """Refuse a request without an admin key (WAQ_ADMIN_KEYS): operators' routes."""
+    config = gateway_state(request).config
+    if key_matches(x_api_key, config.admin_keys):
+        return
+    if key_matches(x_api_key, config.api_keys):
+        raise Forbidden(
+            "this route needs an admin key (WAQ_ADMIN_KEYS), not an API key",
+            code="admin_key_required",
+            field="X-API-Key",
+        )
+    raise Unauthorized("missing or unknown X-API-Key", code="unauthorized", field="X-API-Key")

@@ -22,6 +22,7 @@ from redis.exceptions import WatchError
 
 from gateway.conversations import ConversationStore
 from producer import keys
+from producer.events import EventType
 from producer.request import message_id_of_callback
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
@@ -152,6 +153,32 @@ class WebhookProcessor:
             for status in _dicts(value.get("statuses")):
                 await self._status(phone_number_id, status, result)
         return result
+
+    async def forward_raw(self, raw: bytes, payload: dict[str, Any]) -> bool:
+        """Add Meta's webhook, byte for byte, to the events, if a subscription wants it.
+
+        Every verified POST is forwarded, Meta's redeliveries too: the subscriber asked for
+        what Meta sends. Whether it is forwarded at all is one set read per POST.
+        """
+        if not await self.redis.scard(keys.WEBHOOK_RAW_WANTED):  # type: ignore[misc]
+            return False
+        try:
+            body = raw.decode()
+        except UnicodeDecodeError:
+            log.warning("webhook.not_forwarded", reason="the body is not UTF-8")
+            return False
+        numbers = sorted(
+            {
+                str(_dict(value.get("metadata")).get("phone_number_id", ""))
+                for value in _message_changes(payload)
+            }
+            - {""}
+        )
+        data = json.dumps({"phone_number_ids": numbers, "bytes": len(raw)})
+        await self.redis.xadd(
+            keys.EVENTS, {"type": EventType.META_WEBHOOK.value, "data": data, "body": body}
+        )
+        return True
 
     async def _apply_once(
         self, kind: str, item_id: str, apply: Callable[[Pipeline], Awaitable[None]]

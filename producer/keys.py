@@ -19,7 +19,9 @@ __all__ = [
     "SENDERS",
     "SENDER_LAST_SUCCESS",
     "TEMPLATES",
+    "WEBHOOK_RAW_WANTED",
     "WEBHOOK_SEEN",
+    "WEBHOOK_STATES",
     "WEBHOOK_SUBSCRIPTIONS",
     "WINDOWS_CLOSING",
     "conversation",
@@ -104,7 +106,15 @@ CONVERSATION_KEY_CONFIGURED: Final = "waq:conversation_key:configured"
 producer without the key refuses to make up ids that would not match."""
 
 WEBHOOK_SUBSCRIPTIONS: Final = "waq:webhooks"
-"""hash, subscription id -> JSON (url, secrets, types, numbers, state...); no TTL."""
+"""hash, subscription id -> JSON (url, secrets, types, numbers, batching...); no TTL."""
+
+WEBHOOK_RAW_WANTED: Final = "waq:webhooks:raw"
+"""set, the subscriptions that want Meta's raw webhooks (``meta.webhook``); the gateway
+adds those to the events only while this is not empty."""
+
+WEBHOOK_STATES: Final = "waq:webhooks:state"
+"""hash, subscription id -> JSON {state, reason, at} (absent: active); kept apart from the
+subscription so Lua rewrites it without re-encoding the subscription's lists."""
 
 WEBHOOK_SEEN: Final = "waq:webhook:seen"
 """hash, {verified_at, last_post_at} (unix s) of Meta's handshake and last signed POST."""

@@ -32,6 +32,7 @@ __all__ = [
     "Transitions",
     "json_serializer",
     "lane_job_id",
+    "start_jobs",
 ]
 
 LANE_FUNCTION: Final = "send_lane"
@@ -230,25 +231,16 @@ class Transitions:
         return (state or None), token
 
     async def start_lanes(self, tokens: Iterable[tuple[str, str]]) -> None:
-        """Start the lane job each (phone_number_id, token) names, in one round trip.
-
-        Written as arq's ``enqueue_job`` writes a job (its own format, ``serialize_job``),
-        without arq's WATCH/MULTI: the token is new, so the job id cannot exist yet.
-        """
-        wanted = list(tokens)
-        if not wanted:
-            return
-        now_ms = int(time.time() * 1000)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for phone_number_id, token in wanted:
-                job_id = lane_job_id(phone_number_id, token)
-                payload = serialize_job(
-                    LANE_FUNCTION, (), {"phone_number_id": phone_number_id, "token": token},
-                    None, now_ms, serializer=json_serializer,
-                )  # fmt: skip
-                pipe.set(keys.ARQ_JOB_PREFIX + job_id, payload, px=_JOB_EXPIRES_MS, nx=True)
-                pipe.zadd(self.queue_name, {job_id: now_ms}, nx=True)
-            await pipe.execute()
+        """Start the lane job each (phone_number_id, token) names, in one round trip."""
+        await start_jobs(
+            self.redis,
+            self.queue_name,
+            (
+                (lane_job_id(pnid, token), LANE_FUNCTION,
+                 {"phone_number_id": pnid, "token": token})
+                for pnid, token in tokens
+            ),
+        )  # fmt: skip
 
     async def wake(self, phone_number_id: str, *, replace: bool = False) -> str | None:
         """Start the lane's job if it has none (or it sleeps); the token started, if any.
@@ -459,6 +451,26 @@ class Transitions:
             args=[message_id, expected_entry, event.model_dump_json(exclude_none=True)],
         )  # fmt: skip
         return _text(answer[0])
+
+
+async def start_jobs(
+    redis: Redis, queue_name: str, jobs: Iterable[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """Start arq jobs named (job id, function, keyword arguments), in one round trip.
+
+    Written as arq's ``enqueue_job`` writes a job (its own format, ``serialize_job``), without
+    arq's WATCH/MULTI: each id carries a new token, so it cannot exist yet.
+    """
+    wanted = list(jobs)
+    if not wanted:
+        return
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, function, kwargs in wanted:
+            payload = serialize_job(function, (), kwargs, None, now_ms, serializer=json_serializer)
+            pipe.set(keys.ARQ_JOB_PREFIX + job_id, payload, px=_JOB_EXPIRES_MS, nx=True)
+            pipe.zadd(queue_name, {job_id: now_ms}, nx=True)
+        await pipe.execute()
 
 
 def _events(outcome: StatusEvent, *, attempt: int, sent_at: float | None) -> str:

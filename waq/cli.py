@@ -30,10 +30,12 @@ from waq.loadtest_run import LoadRun, Via
 from waq.ops import limits, pause, resume, status
 from waq.settings import Settings
 from waq.templates import templates
+from waq.webhooks import events, webhooks
 from worker.delivery import DeliveryConfig
 from worker.limits import RateConfig
 from worker.logs import configure_logging
 from worker.runner import WorkerConfig, run_worker
+from worker.webhook_sender import WebhookConfig
 
 app = typer.Typer(
     name="waq",
@@ -119,6 +121,12 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
         health_probe_s=settings.health_probe_s,
         waba_id=settings.waba_id,
         template_sync_s=settings.template_sync_s,
+        events_maxlen=settings.events_maxlen,
+        window_closing_lead_s=settings.window_closing_lead_s,
+        webhooks=WebhookConfig(
+            timeout_s=settings.webhook_timeout_s,
+            retry_schedule_s=tuple(settings.webhook_retry_schedule),
+        ),
         delivery=DeliveryConfig(
             max_attempts=settings.max_attempts,
             backoff_base_s=settings.backoff_base_s,
@@ -289,6 +297,8 @@ def gateway_config(settings: Settings) -> GatewayConfig:
 app.add_typer(dlq, name="dlq")
 app.add_typer(limits, name="limits")
 app.add_typer(templates, name="templates")
+app.add_typer(webhooks, name="webhooks")
+app.add_typer(events, name="events")
 app.command()(pause)
 app.command()(resume)
 app.command()(status)

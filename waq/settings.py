@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, RedisDsn, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.webhook_sender import DEFAULT_RETRY_SCHEDULE_S
+
 __all__ = ["Settings"]
 
 
@@ -134,6 +136,25 @@ class Settings(BaseSettings):
         default=None,
         description="Key of conversation ids (HMAC); unset: a random one kept in Redis.",
     )
+    events_maxlen: int = Field(
+        default=1_000_000,
+        ge=1000,
+        description="Events the stream keeps for its readers (trimmed once every webhook "
+        "subscription has its copy).",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="Seconds a webhook receiver has to answer."
+    )
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S),
+        description="Comma-separated waits (s) before each retry of a webhook delivery; "
+        "past the last, the subscription is paused (default Svix's, about 28 h).",
+    )
+    window_closing_lead_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="conversation.window_closing is emitted this long before a window closes.",
+    )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024,
         ge=1024,
@@ -169,7 +190,7 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("api_keys", "admin_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", "webhook_retry_schedule", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

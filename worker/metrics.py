@@ -59,6 +59,42 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        self.events = Counter(
+            "waq_events",
+            "Events this worker's pump copied from the stream, by type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "waq_webhook_deliveries",
+            "Webhook requests by subscription and outcome (delivered, retry, refused, "
+            "exhausted, gone).",
+            ["subscription", "outcome"],
+            registry=self.registry,
+        )
+        self.webhook_events = Counter(
+            "waq_webhook_events_delivered",
+            "Events delivered to webhook subscriptions.",
+            ["subscription"],
+            registry=self.registry,
+        )
+        self.webhook_latency = Histogram(
+            "waq_webhook_request_seconds",
+            "How long subscribers took to answer a webhook request.",
+            ["subscription"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def webhook_delivery(
+        self, subscription: str, outcome: str, latency_s: float, *, events: int
+    ) -> None:
+        """Count one webhook request and its latency."""
+        self.webhook_deliveries.labels(subscription=subscription, outcome=outcome).inc()
+        self.webhook_latency.labels(subscription=subscription).observe(latency_s)
+        if outcome == "delivered":
+            self.webhook_events.labels(subscription=subscription).inc(events)
+
     def outcome(self, outcome: str, code: object = None) -> None:
         """Count one attempt's outcome."""
         self.outcomes.labels(outcome=outcome, code="" if code is None else str(code)).inc()

@@ -1,7 +1,8 @@
-"""The arq worker: the lane job, the lane sweep, the paused-number probe, and their wiring."""
+"""The arq worker: its jobs (lanes, webhook deliveries), the event pump, sweeps and probes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -26,16 +27,20 @@ from producer import keys
 from producer.client import json_serializer, reconnecting
 from producer.status_store import StatusStore
 from producer.template_catalog import CatalogTemplate, TemplateCatalog
+from producer.transition_scripts import WINDOW_CLOSING
 from producer.transitions import LANE_FUNCTION, ClaimLimits, Transitions
 from worker.aiohttp_transport import AiohttpTransport
 from worker.backoff import backoff_s
 from worker.delivery import Delivery, DeliveryConfig
 from worker.errors import DeliveryError, GraphError, GraphTransportError
+from worker.event_pump import EventPump
 from worker.graph import DEFAULT_GRAPH_API_VERSION, DEFAULT_GRAPH_BASE_URL, GraphClient
 from worker.lane import LaneJob
 from worker.limits import RateConfig, RateLimiter
 from worker.metrics import WorkerMetrics
 from worker.pauses import PauseStore
+from worker.subscriptions import DELIVER_FUNCTION, SubscriptionStore
+from worker.webhook_sender import WebhookConfig, WebhookSender
 from worker.windows import WINDOW_S
 
 __all__ = [
@@ -45,11 +50,13 @@ __all__ = [
     "SYNC_TEMPLATES_FUNCTION",
     "WorkerConfig",
     "create_worker",
+    "deliver_webhooks",
     "mark_read",
     "phone_number_health",
     "probe_paused_numbers",
     "run_worker",
     "send_lane",
+    "sweep_events",
     "sweep_lanes",
     "sync_templates",
 ]
@@ -102,6 +109,10 @@ class WorkerConfig:
     waba_id: str | None = None  # the account whose templates are synced (None: no sync)
     template_sync_s: int | None = 900  # how often workers sync them; None: never by cron
     lane_sweep_s: int | None = 10  # how often a worker looks for lanes without a job
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    events_maxlen: int = 1_000_000  # the events stream's length, trimmed once fanned out
+    event_pump: bool = True  # run the pump beside the jobs (False: tests drive it)
+    window_closing_lead_s: float = 3600.0  # conversation.window_closing this long before
 
 
 def claim_limits(config: WorkerConfig) -> ClaimLimits:
@@ -156,6 +167,40 @@ async def sweep_lanes(ctx: dict[str, Any]) -> dict[str, str]:
             log.warning("lane.swept", phone_number_id=phone_number_id, token=token)
             started[phone_number_id] = token
     return started
+
+
+async def deliver_webhooks(
+    ctx: dict[str, Any], *, subscription_id: str, token: str
+) -> dict[str, Any]:
+    """Deliver one subscription's outbox for a time slice (the arq job); comes back by ``Retry``."""
+    sender: WebhookSender = ctx["webhook_sender"]
+    try:
+        return await sender.run(subscription_id, token)
+    except Retry:
+        raise
+    except Exception:
+        with contextlib.suppress(Exception):
+            log.exception("webhooks.error", subscription_id=subscription_id)
+        raise Retry(defer=backoff_s(ctx["job_try"], cap_s=30)) from None
+
+
+async def sweep_events(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Emit the events of windows closing soon; start outbox jobs that went missing.
+
+    A delivery job goes missing when its starter died in between, or arq dropped it.
+    """
+    config: WorkerConfig = ctx["config"]
+    store: SubscriptionStore = ctx["subscriptions"]
+    closing = ctx["redis"].register_script(WINDOW_CLOSING)
+    emitted, _ = await closing(
+        keys=[keys.WINDOWS_CLOSING], args=[time.time(), config.window_closing_lead_s, 1000]
+    )
+    started = {}
+    for subscription in await store.all():
+        if (token := await store.wake(subscription.id)) is not None:
+            log.warning("webhooks.swept", subscription_id=subscription.id, token=token)
+            started[subscription.id] = token
+    return {"window_closing": int(emitted), "started": started}
 
 
 async def probe_paused_numbers(ctx: dict[str, Any]) -> dict[str, str]:
@@ -324,10 +369,24 @@ def create_worker(config: WorkerConfig) -> Worker:
         transitions = Transitions(
             redis, retention_s=config.retention_s, queue_name=config.queue_name
         )
+        subscriptions = SubscriptionStore(redis, queue_name=config.queue_name)
+        webhook_client = httpx.AsyncClient(
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        pump = EventPump(redis, subscriptions, maxlen=config.events_maxlen, metrics=config.metrics)
         ctx.update(
+            config=config,
             graph=graph,
             pauses=pauses,
             transitions=transitions,
+            subscriptions=subscriptions,
+            webhook_client=webhook_client,
+            webhook_sender=WebhookSender(
+                redis, subscriptions, webhook_client, config.webhooks, config.metrics
+            ),
+            pump=pump,
+            pump_task=asyncio.create_task(pump.run()) if config.event_pump else None,
             waba_id=config.waba_id,
             lane=LaneJob(
                 transitions=transitions,
@@ -347,14 +406,19 @@ def create_worker(config: WorkerConfig) -> Worker:
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        await EventPump.stop(ctx.get("pump_task"))
         graph: GraphClient | None = ctx.get("graph")
         if graph is not None:
             await graph.aclose()
+        webhook_client: httpx.AsyncClient | None = ctx.get("webhook_client")
+        if webhook_client is not None:
+            await webhook_client.aclose()
 
     cron_jobs: list[CronJob] = []
     if config.lane_sweep_s is not None:
         seconds = _probe_seconds(config.lane_sweep_s)
         cron_jobs.append(cron(sweep_lanes, second=seconds, run_at_startup=True))
+        cron_jobs.append(cron(sweep_events, second=seconds, run_at_startup=True))
     if config.health_probe_s is not None:
         seconds = _probe_seconds(config.health_probe_s)
         cron_jobs.append(cron(probe_paused_numbers, second=seconds, run_at_startup=False))
@@ -372,6 +436,7 @@ def create_worker(config: WorkerConfig) -> Worker:
     return Worker(
         functions=[
             func(send_lane, name=LANE_FUNCTION, max_tries=_ARQ_MAX_TRIES),
+            func(deliver_webhooks, name=DELIVER_FUNCTION, max_tries=_ARQ_MAX_TRIES),
             # The gateway waits for this result, so it is kept briefly.
             func(phone_number_health, name=HEALTH_FUNCTION, max_tries=1, keep_result=120),
             func(mark_read, name=MARK_READ_FUNCTION, max_tries=1, keep_result=60),

@@ -1,0 +1,517 @@
+"""Events out: every transition's event in the stream, and signed webhooks that lose none.
+
+The parts are real: Valkey, the sandbox (Meta's statuses come back by webhook through the
+gateway), the gateway over HTTP with an admin key, a worker with its event pump, and a
+receiver over HTTP that verifies each delivery with the ``standardwebhooks`` library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from standardwebhooks import Webhook
+
+from gateway import GatewayConfig, create_app
+from producer import keys
+from producer.events import Event
+from producer.status_store import StatusStore
+from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer
+from sandbox.server import BackgroundServer
+from tests.conftest import API_KEY, APP_SECRET, VERIFY_TOKEN
+from tests.receiver import Receiver, ReceiverServer
+from tests.support import ACCESS_TOKEN, TEMPLATE, TEXT, events_in_stream
+from worker.dead_letters import DeadLetterStore
+from worker.event_pump import EventPump
+from worker.pauses import PauseStore
+from worker.runner import HEALTH_KEY_SUFFIX, WorkerConfig, create_worker
+from worker.subscriptions import SubscriptionSpec, SubscriptionStore
+from worker.webhook_sender import WebhookConfig
+
+PNID = DEFAULT_PHONE_NUMBER_ID
+ADMIN_KEY = "test-events-admin-key"
+FAST = WebhookConfig(
+    timeout_s=0.4, retry_schedule_s=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5),
+    jitter=0.2, slice_s=1.0,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def admin_gateway(redis_url: str, sandbox_server: SandboxServer) -> Iterator[BackgroundServer]:
+    """A gateway with an admin key (for /v1/webhooks), on the session's Valkey and sandbox."""
+    config = GatewayConfig(
+        redis_url=redis_url, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,),
+        app_secret=APP_SECRET, verify_token=VERIFY_TOKEN,
+        default_phone_number_id=PNID, graph_base_url=sandbox_server.url,
+    )  # fmt: skip
+    with BackgroundServer(create_app(config)) as server:
+        yield server
+
+
+@pytest.fixture
+async def admin(
+    admin_gateway: BackgroundServer, sandbox: SandboxClient, redis: Redis
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An admin's client; the sandbox posts Meta's webhooks to this gateway."""
+    await sandbox.set_webhook_url(f"{admin_gateway.url}/webhooks/whatsapp")
+    async with httpx.AsyncClient(
+        base_url=admin_gateway.url, headers={"X-API-Key": ADMIN_KEY}, timeout=10
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def receiver_server() -> Iterator[ReceiverServer]:
+    with ReceiverServer() as server:
+        yield server
+
+
+def worker_config(redis_url: str, sandbox_url: str, **overrides: Any) -> WorkerConfig:
+    config = WorkerConfig(
+        redis_url=redis_url, access_token=SecretStr(ACCESS_TOKEN), graph_base_url=sandbox_url,
+        poll_delay_s=0.01, health_probe_s=None, webhooks=FAST, lane_sweep_s=None,
+    )  # fmt: skip
+    return dataclasses.replace(config, **overrides)
+
+
+@pytest.fixture
+async def start_worker(
+    redis: Redis, redis_url: str, sandbox_server: SandboxServer
+) -> AsyncIterator[Callable[..., Awaitable[None]]]:
+    """Start in-process workers (with their event pumps) for one test; all stop at its end."""
+    running: list[tuple[Any, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> None:
+        worker = create_worker(worker_config(redis_url, sandbox_server.url, **overrides))
+        running.append((worker, asyncio.create_task(worker.main())))
+        for _ in range(200):
+            if await redis.exists(keys.DEFAULT_QUEUE + HEALTH_KEY_SUFFIX):
+                return
+            await asyncio.sleep(0.05)
+
+    yield start
+    for worker, task in running:
+        worker.allow_pick_jobs = False
+        tries = 0
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
+            tries += 1
+            if tries == 5:
+                for t in asyncio.all_tasks():
+                    t.print_stack(limit=8)
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait_for(worker.close(), 10)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def subscribe(admin: httpx.AsyncClient, url: str, **spec: Any) -> dict[str, Any]:
+    response = await admin.post("/v1/webhooks", json={"url": url, **spec})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def customers_write(admin: httpx.AsyncClient, numbers: list[str]) -> None:
+    for number in numbers:
+        response = await admin.post("/v1/sandbox/inbound", json={"from": number, "text": "Hi"})
+        assert response.status_code == 200, response.text
+
+
+async def send(admin: httpx.AsyncClient, to: str, **extra: Any) -> str:
+    response = await admin.post("/v1/messages", json={"to": to, "message": TEXT, **extra})
+    assert response.status_code == 202, response.text
+    message_id: str = response.json()["id"]
+    return message_id
+
+
+# -- the stream ----------------------------------------------------------------------------
+
+
+async def test_a_messages_transitions_are_its_events_in_order(
+    admin: httpx.AsyncClient, redis: Redis, start_worker: Callable[..., Awaitable[None]]
+) -> None:
+    """Queued, sent, delivered, read: each once, in order, with the conversation, the caller's
+    metadata and callback data; a customer's message, its conversation and window too."""
+    await start_worker()
+    customer = "+16505550101"
+    await customers_write(admin, [customer])
+    message_id = await send(
+        admin, customer, metadata={"order": "42"}, biz_opaque_callback_data="mine"
+    )
+
+    async def read() -> bool:
+        return bool((await admin.get(f"/v1/messages/{message_id}")).json()["state"] == "read")
+
+    await until(read)
+    status = (await admin.get(f"/v1/messages/{message_id}")).json()
+    events = [e for e in await events_in_stream(redis) if e.data.get("message_id") == message_id]
+    assert [e.type for e in events] == [
+        "message.queued", "message.sent", "message.delivered", "message.read"
+    ]  # fmt: skip
+    for event in events:
+        assert event.conversation_id == status["conversation_id"] is not None
+        assert event.data["metadata"] == {"order": "42"}
+        assert event.data["biz_opaque_callback_data"] == "mine"
+        assert event.data["to"] == customer
+        assert event.data["phone_number_id"] == PNID
+        assert event.id.startswith("evt_")
+        assert event.version == 1
+    assert events[1].data["wamid"] == status["wamid"]
+    [received] = await events_in_stream(redis, "message.received")
+    assert received.conversation_id == status["conversation_id"]
+    assert received.data["window_opened"] is True
+    assert received.data["message"]["text"]["body"] == "Hi"
+    [created] = await events_in_stream(redis, "conversation.created")
+    assert created.conversation_id == status["conversation_id"]
+
+
+async def test_dead_letters_requeues_and_pauses_are_events(
+    admin: httpx.AsyncClient, redis: Redis, start_worker: Callable[..., Awaitable[None]]
+) -> None:
+    """A text with the window shut is dead-lettered (with code, hint and suggestion); its
+    requeue as a template is an event; pausing and resuming a number are events."""
+    await start_worker()
+    message_id = await send(admin, "+16505550102")
+
+    async def dead() -> bool:
+        return bool(await events_in_stream(redis, "message.dead_lettered"))
+
+    await until(dead)
+    [letter] = await events_in_stream(redis, "message.dead_lettered")
+    assert letter.data["message_id"] == message_id
+    assert letter.data["suggestion"] == "send_template"
+    assert letter.data["hint"]
+    assert letter.data["error"]["code"] == 131047
+    store = DeadLetterStore(redis, StatusStore(redis, retention_s=3600))
+    letter_entry = await store.get(message_id)
+    assert letter_entry is not None
+    template = {**letter_entry.request, "message": TEMPLATE}
+    assert await store.requeue(letter_entry, request=template, note="as a template")
+    [again] = await events_in_stream(redis, "message.requeued")
+    assert again.data["message_id"] == message_id
+    assert again.data["status"] == "queued"
+    pauses = PauseStore(redis)
+    assert await pauses.pause(PNID, reason="a test", code=None, by="operator")
+    assert await pauses.resume(PNID, by="operator")
+    assert not await pauses.resume(PNID, by="operator")  # nothing happened: no event
+    numbers = await events_in_stream(redis, "number.paused", "number.resumed")
+    assert [(e.type, e.data["phone_number_id"], e.data["by"]) for e in numbers] == [
+        ("number.paused", PNID, "operator"), ("number.resumed", PNID, "operator")
+    ]  # fmt: skip
+    assert numbers[0].data["reason"] == "a test"
+
+
+# -- webhooks ------------------------------------------------------------------------------
+
+
+async def test_a_flaky_receiver_gets_every_event_in_order_per_conversation(
+    admin: httpx.AsyncClient,
+    redis: Redis,
+    receiver_server: ReceiverServer,
+    start_worker: Callable[..., Awaitable[None]],
+) -> None:
+    """500s, 429s, hangs past the timeout and slow 200s: every event arrives at least once,
+    after the consumer's dedupe exactly once, in the stream's order within each conversation,
+    and every delivery verifies with the standardwebhooks library."""
+    subscription = await subscribe(admin, receiver_server.events_url, concurrency=8)
+    receiver = receiver_server.receiver
+    receiver.secrets = [subscription["secret"]]
+    receiver.behaviour = "flaky"
+    receiver.hang_s = FAST.timeout_s * 1.5
+    await start_worker()
+    await start_worker()  # two workers: two pumps, one delivery job per subscription
+    customers = [f"+1650555{2000 + i}" for i in range(12)]
+    await customers_write(admin, customers)
+    sent = [await send(admin, customers[i % len(customers)]) for i in range(60)]
+
+    async def all_read() -> bool:
+        states = [(await admin.get(f"/v1/messages/{m}")).json()["state"] for m in sent]
+        return all(state == "read" for state in states)
+
+    await until(all_read, timeout_s=60)
+    started = time.monotonic()
+    emitted = {e.id: e for e in await events_in_stream(redis)}
+
+    async def all_arrived() -> bool:
+        return emitted.keys() <= receiver.unique_events().keys()
+
+    await until(all_arrived, timeout_s=90)
+    drained_s = time.monotonic() - started
+    unique = receiver.unique_events()
+    assert unique.keys() == emitted.keys()
+    for event_id, body in unique.items():
+        assert Event.model_validate(body) == emitted[event_id]
+    # Per conversation, first arrivals follow the stream's order.
+    expected: dict[str, list[str]] = defaultdict(list)
+    for emitted_event in emitted.values():
+        expected[emitted_event.conversation_id or ""].append(emitted_event.id)
+    arrived: dict[str, list[str]] = defaultdict(list)
+    seen: set[str] = set()
+    for event in receiver.arrivals():
+        if event["id"] not in seen:
+            seen.add(event["id"])
+            arrived[event["data"].get("conversation_id") or ""].append(event["id"])
+    assert arrived == expected
+    assert receiver.refused == []
+    duplicates = len(receiver.arrivals()) - len(unique)
+    answers = dict(receiver.answers)
+    assert int(answers.get("500", 0)) > 0
+    assert int(answers.get("429", 0)) > 0
+    details = (await admin.get(f"/v1/webhooks/{subscription['id']}?attempts=100")).json()
+    assert details["stats"]["pending"] == 0
+    assert details["stats"]["dead"] == 0
+    latencies = [
+        d.at - _event_time(e) for d in receiver.deliveries for e in d.events if e["id"] in seen
+    ]
+    print(  # the closing note's figures
+        f"\nflaky receiver: {len(emitted)} events emitted, {len(unique)} delivered, "
+        f"{receiver.requests} requests ({answers}), {duplicates} duplicates removed by the "
+        f"dedupe, drained {drained_s:.1f} s after the last read, delivery latency p50 "
+        f"{statistics.median(latencies):.2f} s p99 "
+        f"{statistics.quantiles(latencies, n=100)[98]:.2f} s"
+    )
+
+
+def _event_time(event: dict[str, Any]) -> float:
+    millis = int(event["id"].removeprefix("evt_").split("-")[0])
+    return millis / 1000
+
+
+async def test_a_receiver_down_past_the_retry_budget_keeps_its_events_for_a_replay(
+    admin: httpx.AsyncClient,
+    redis: Redis,
+    receiver_server: ReceiverServer,
+    start_worker: Callable[..., Awaitable[None]],
+) -> None:
+    """503 for longer than the schedule: the subscription is paused with the reason, every
+    event waits in its dead letters (new ones too), and a replay delivers them all, in order."""
+    short = dataclasses.replace(FAST, retry_schedule_s=(0.05, 0.1))
+    subscription = await subscribe(admin, receiver_server.events_url)
+    receiver = receiver_server.receiver
+    receiver.secrets = [subscription["secret"]]
+    receiver.behaviour = "down"
+    await start_worker(webhooks=short)
+    await customers_write(admin, ["+16505553001"])
+
+    async def paused() -> bool:
+        details = (await admin.get(f"/v1/webhooks/{subscription['id']}")).json()
+        return bool(details["state"]["state"] == "paused")
+
+    await until(paused)
+    details = (await admin.get(f"/v1/webhooks/{subscription['id']}?attempts=10")).json()
+    assert "not delivered after 3 attempts" in details["state"]["reason"]
+    assert [a["status"] for a in details["recent_attempts"]] == [503, 503, 503]
+    await customers_write(admin, ["+16505553002"])  # while paused: straight to dead letters
+
+    async def all_dead() -> bool:
+        dead = (await admin.get(f"/v1/webhooks/{subscription['id']}/dead-letters")).json()
+        return len(dead) == 4  # two conversations: created + received each
+
+    await until(all_dead)
+    dead = (await admin.get(f"/v1/webhooks/{subscription['id']}/dead-letters")).json()
+    assert [d["type"] for d in dead] == ["conversation.created", "message.received"] * 2
+    assert dead[0]["status"] == 503
+    assert "paused" in dead[0]["reason"]
+    assert dead[2]["reason"] == "the subscription is paused"
+    receiver.behaviour = "ok"
+    replayed = await admin.post(f"/v1/webhooks/{subscription['id']}/replay")
+    assert replayed.json() == {"replayed": 4}
+
+    async def delivered() -> bool:
+        return len(receiver.unique_events()) == 4
+
+    await until(delivered)
+    arrived: dict[str, list[str]] = defaultdict(list)
+    for event in receiver.arrivals():
+        arrived[event["data"]["conversation_id"]].append(event["id"])
+    expected: dict[str, list[str]] = defaultdict(list)
+    for letter in dead:
+        expected[letter["conversation"]].append(letter["event_id"])
+    assert arrived == expected
+    details = (await admin.get(f"/v1/webhooks/{subscription['id']}")).json()
+    assert details["state"]["state"] == "active"
+    assert details["stats"]["dead"] == 0
+    assert details["stats"]["pending"] == 0
+
+
+async def test_410_disables_and_other_4xx_are_not_retried(
+    admin: httpx.AsyncClient,
+    receiver_server: ReceiverServer,
+    start_worker: Callable[..., Awaitable[None]],
+) -> None:
+    """A 400 is not retried: the event goes to the dead letters and the next one goes on;
+    410 Gone disables the subscription."""
+    subscription = await subscribe(admin, receiver_server.events_url)
+    receiver = receiver_server.receiver
+    receiver.secrets = [subscription["secret"]]
+    receiver.behaviour = "status:400"
+    await start_worker()
+    await customers_write(admin, ["+16505554001"])
+    path = f"/v1/webhooks/{subscription['id']}"
+
+    async def refused_both() -> bool:
+        return len((await admin.get(f"{path}/dead-letters")).json()) == 2
+
+    await until(refused_both)
+    assert receiver.requests == 2  # one try each
+    details = (await admin.get(path)).json()
+    assert details["state"]["state"] == "active"
+    receiver.behaviour = "status:410"
+    await customers_write(admin, ["+16505554002"])
+
+    async def disabled() -> bool:
+        return bool((await admin.get(path)).json()["state"]["state"] == "disabled")
+
+    await until(disabled)
+    assert "410" in (await admin.get(path)).json()["state"]["reason"]
+
+
+async def test_the_receiver_refuses_a_tampered_body_and_a_stale_timestamp(
+    admin: httpx.AsyncClient,
+    receiver_server: ReceiverServer,
+    start_worker: Callable[..., Awaitable[None]],
+) -> None:
+    """What waq signs verifies with the library; the same request tampered with, or replayed
+    with an old timestamp, does not; after a rotation both secrets verify."""
+    subscription = await subscribe(admin, receiver_server.events_url)
+    receiver = receiver_server.receiver
+    receiver.secrets = [subscription["secret"]]
+    await start_worker()
+    test = await admin.post(f"/v1/webhooks/{subscription['id']}/test")
+    assert test.status_code == 202
+
+    async def got_it() -> bool:
+        return len(receiver.deliveries) == 1
+
+    await until(got_it)
+    [delivery] = receiver.deliveries
+    assert delivery.events[0]["id"] == test.json()["event_id"]
+    assert delivery.events[0]["type"] == "webhook.test"
+    url = receiver_server.events_url
+    headers = {k: v for k, v in delivery.headers.items() if k.startswith("webhook-")}
+    async with httpx.AsyncClient() as client:
+        tampered = delivery.body.replace(b"a test", b"a trick")
+        assert (await client.post(url, content=tampered, headers=headers)).status_code == 401
+        stale = {**headers, "webhook-timestamp": str(int(time.time()) - 600)}
+        assert (await client.post(url, content=delivery.body, headers=stale)).status_code == 401
+    assert "too old" in receiver.refused[-1]
+    rotated = (await admin.post(f"/v1/webhooks/{subscription['id']}/rotate-secret")).json()
+    assert rotated["secret"] != subscription["secret"]
+    await admin.post(f"/v1/webhooks/{subscription['id']}/test")
+
+    async def got_two() -> bool:
+        return len(receiver.deliveries) == 2
+
+    await until(got_two)
+    second = receiver.deliveries[1]
+    assert len(second.headers["webhook-signature"].split(" ")) == 2
+    for secret in (subscription["secret"], rotated["secret"]):
+        Webhook(secret).verify(second.body, second.headers)
+
+
+async def test_a_batch_window_gathers_events_into_one_request(
+    admin: httpx.AsyncClient,
+    receiver_server: ReceiverServer,
+    start_worker: Callable[..., Awaitable[None]],
+) -> None:
+    """max_batch 10 with a 1 s window: six events in one request, each conversation's in order."""
+    subscription = await subscribe(
+        admin, receiver_server.events_url, max_batch=10, buffer_s=1.0, types=["message.received"]
+    )
+    receiver = receiver_server.receiver
+    receiver.secrets = [subscription["secret"]]
+    await start_worker()
+    await customers_write(admin, [f"+1650555500{i}" for i in range(3)] * 2)
+
+    async def got_six() -> bool:
+        return len(receiver.arrivals()) == 6
+
+    await until(got_six)
+    assert len(receiver.deliveries) == 1
+    [batch] = receiver.deliveries
+    assert json.loads(batch.body)["type"] == "batch"
+    assert batch.headers["webhook-id"].startswith("batch_")
+    assert {e["type"] for e in batch.events} == {"message.received"}
+
+
+async def test_metas_raw_webhooks_are_forwarded_byte_for_byte(
+    admin: httpx.AsyncClient,
+    receiver_server: ReceiverServer,
+    start_worker: Callable[..., Awaitable[None]],
+) -> None:
+    """A subscription to meta.webhook gets Meta's body as Meta sent it, freshly signed."""
+    from tests.test_gateway import inbound_payload, signed
+
+    subscription = await subscribe(admin, receiver_server.events_url, types=["meta.webhook"])
+    receiver = receiver_server.receiver
+    receiver.secrets = [subscription["secret"]]
+    await start_worker()
+    raw, headers = signed(inbound_payload(f"wamid.raw{time.time()}"))
+    assert (await admin.post("/webhooks/whatsapp", content=raw, headers=headers)).status_code == 200
+
+    async def forwarded() -> bool:
+        return len(receiver.deliveries) == 1
+
+    await until(forwarded)
+    assert receiver.deliveries[0].body == raw
+    assert receiver.deliveries[0].headers["webhook-id"].startswith("evt_")
+
+
+async def test_subscriptions_need_an_admin_key_and_hide_their_secret(
+    admin: httpx.AsyncClient, admin_gateway: BackgroundServer
+) -> None:
+    """An API key gets 403 with a code; the secret is whole only in the answer that made it;
+    a bad URL or type is a 422 naming the field."""
+    async with httpx.AsyncClient(base_url=admin_gateway.url) as client:
+        response = await client.get("/v1/webhooks", headers={"X-API-Key": API_KEY})
+    assert response.status_code == 403
+    assert response.json()["error"] == "admin_key_required"
+    made = await subscribe(admin, "https://example.com/hooks", numbers=[PNID])
+    assert made["secret"].startswith("whsec_")
+    assert len(made["secret"]) > 40
+    [listed] = (await admin.get("/v1/webhooks")).json()
+    assert listed["secret"] == "whsec_…" + made["secret"][-4:]
+    for bad, field in (
+        ({"url": "http://example.com/x"}, "url"),
+        ({"url": "https://example.com/x", "types": ["message.nope"]}, "types"),
+        ({"url": "https://example.com/x", "types": ["meta.webhook"], "max_batch": 5}, "max_batch"),
+    ):
+        refused = await admin.post("/v1/webhooks", json=bad)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["field"] == field
+    assert (await admin.delete(f"/v1/webhooks/{made['id']}")).status_code == 204
+    assert (await admin.get(f"/v1/webhooks/{made['id']}")).status_code == 404
+
+
+async def test_a_new_subscription_gets_only_events_from_then_on(
+    redis: Redis, admin: httpx.AsyncClient
+) -> None:
+    """Events emitted before a subscription existed are not delivered to it."""
+    await customers_write(admin, ["+16505556001"])
+    store = SubscriptionStore(redis)
+    made = await store.add(SubscriptionSpec(url="https://example.com/x"))
+    pump = EventPump(redis, store)
+    assert await pump.step() == 2
+    assert (await store.stats(made.id)).pending == 0
+    await customers_write(admin, ["+16505556002"])
+    assert await pump.step() == 2
+    assert (await store.stats(made.id)).pending == 2
+    assert Receiver().unique_events() == {}
