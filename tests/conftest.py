@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
+import httpx
 import pytest
 import structlog
 from pydantic import SecretStr
@@ -20,8 +23,10 @@ from sandbox import (
     SandboxConfig,
     SandboxServer,
 )
+from tests.receiver import ReceiverServer
 from tests.support import ACCESS_TOKEN, Pipeline, WebhookSinkServer
 from worker.runner import HEALTH_KEY_SUFFIX, WorkerConfig, create_worker
+from worker.webhook_sender import WebhookConfig
 
 APP_SECRET = "test-app-secret"
 
@@ -153,3 +158,84 @@ async def running_worker(
             await asyncio.wait({task}, timeout=1)
         await asyncio.gather(task, return_exceptions=True)
         await worker.close()
+
+
+# -- events: a gateway with an admin key, a receiver, workers with their event pumps ------
+
+ADMIN_KEY = "test-events-admin-key"
+FAST_WEBHOOKS = WebhookConfig(
+    timeout_s=0.4, retry_schedule_s=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5),
+    jitter=0.2, slice_s=1.0,
+)  # fmt: skip
+"""Retries in tenths of a second instead of hours; 11 of them (a flaky receiver's 30 %
+failures exhaust them once in 6 million events)."""
+
+
+@pytest.fixture(scope="module")
+def admin_gateway(redis_url: str, sandbox_server: SandboxServer) -> Iterator[BackgroundServer]:
+    """A gateway with an admin key (for /v1/webhooks), on the session's Valkey and sandbox."""
+    from gateway import GatewayConfig, create_app
+
+    config = GatewayConfig(
+        redis_url=redis_url, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,),
+        app_secret=APP_SECRET, verify_token=VERIFY_TOKEN,
+        default_phone_number_id=DEFAULT_PHONE_NUMBER_ID, graph_base_url=sandbox_server.url,
+    )  # fmt: skip
+    with BackgroundServer(create_app(config)) as server:
+        yield server
+
+
+@pytest.fixture
+async def admin(
+    admin_gateway: BackgroundServer, sandbox: SandboxClient, redis: Redis
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An admin's client; the sandbox posts Meta's webhooks to this gateway."""
+    await sandbox.set_webhook_url(f"{admin_gateway.url}/webhooks/whatsapp")
+    async with httpx.AsyncClient(
+        base_url=admin_gateway.url, headers={"X-API-Key": ADMIN_KEY}, timeout=10
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def receiver_server() -> Iterator[ReceiverServer]:
+    with ReceiverServer() as server:
+        yield server
+
+
+def worker_config(redis_url: str, sandbox_url: str, **overrides: Any) -> WorkerConfig:
+    config = WorkerConfig(
+        redis_url=redis_url, access_token=SecretStr(ACCESS_TOKEN), graph_base_url=sandbox_url,
+        poll_delay_s=0.01, health_probe_s=None, webhooks=FAST_WEBHOOKS, lane_sweep_s=None,
+    )  # fmt: skip
+    return dataclasses.replace(config, **overrides)
+
+
+@pytest.fixture
+async def start_worker(
+    redis: Redis, redis_url: str, sandbox_server: SandboxServer
+) -> AsyncIterator[Callable[..., Awaitable[None]]]:
+    """Start in-process workers (with their event pumps) for one test; all stop at its end."""
+    running: list[tuple[Any, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> None:
+        worker = create_worker(worker_config(redis_url, sandbox_server.url, **overrides))
+        running.append((worker, asyncio.create_task(worker.main())))
+        for _ in range(200):  # ready: its health-check key is set
+            if await redis.exists(keys.DEFAULT_QUEUE + HEALTH_KEY_SUFFIX):
+                return
+            await asyncio.sleep(0.05)
+
+    yield start
+    for worker, task in running:
+        worker.allow_pick_jobs = False
+        tries = 0
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
+            tries += 1
+            if tries == 5:  # evidence for a stuck stop: every task's stack
+                for stuck in asyncio.all_tasks():
+                    stuck.print_stack(limit=8)
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait_for(worker.close(), 10)

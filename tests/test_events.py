@@ -13,105 +13,27 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import pytest
-from pydantic import SecretStr
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
-from gateway import GatewayConfig, create_app
-from producer import keys
 from producer.events import Event
 from producer.status_store import StatusStore
-from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer
+from sandbox import DEFAULT_PHONE_NUMBER_ID
 from sandbox.server import BackgroundServer
-from tests.conftest import API_KEY, APP_SECRET, VERIFY_TOKEN
+from tests.conftest import API_KEY, FAST_WEBHOOKS
 from tests.receiver import Receiver, ReceiverServer
-from tests.support import ACCESS_TOKEN, TEMPLATE, TEXT, events_in_stream
+from tests.support import TEMPLATE, TEXT, events_in_stream
 from worker.dead_letters import DeadLetterStore
 from worker.event_pump import EventPump
 from worker.pauses import PauseStore
-from worker.runner import HEALTH_KEY_SUFFIX, WorkerConfig, create_worker
 from worker.subscriptions import SubscriptionSpec, SubscriptionStore
-from worker.webhook_sender import WebhookConfig
 
 PNID = DEFAULT_PHONE_NUMBER_ID
-ADMIN_KEY = "test-events-admin-key"
-FAST = WebhookConfig(
-    timeout_s=0.4, retry_schedule_s=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5),
-    jitter=0.2, slice_s=1.0,
-)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def admin_gateway(redis_url: str, sandbox_server: SandboxServer) -> Iterator[BackgroundServer]:
-    """A gateway with an admin key (for /v1/webhooks), on the session's Valkey and sandbox."""
-    config = GatewayConfig(
-        redis_url=redis_url, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,),
-        app_secret=APP_SECRET, verify_token=VERIFY_TOKEN,
-        default_phone_number_id=PNID, graph_base_url=sandbox_server.url,
-    )  # fmt: skip
-    with BackgroundServer(create_app(config)) as server:
-        yield server
-
-
-@pytest.fixture
-async def admin(
-    admin_gateway: BackgroundServer, sandbox: SandboxClient, redis: Redis
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An admin's client; the sandbox posts Meta's webhooks to this gateway."""
-    await sandbox.set_webhook_url(f"{admin_gateway.url}/webhooks/whatsapp")
-    async with httpx.AsyncClient(
-        base_url=admin_gateway.url, headers={"X-API-Key": ADMIN_KEY}, timeout=10
-    ) as client:
-        yield client
-
-
-@pytest.fixture
-def receiver_server() -> Iterator[ReceiverServer]:
-    with ReceiverServer() as server:
-        yield server
-
-
-def worker_config(redis_url: str, sandbox_url: str, **overrides: Any) -> WorkerConfig:
-    config = WorkerConfig(
-        redis_url=redis_url, access_token=SecretStr(ACCESS_TOKEN), graph_base_url=sandbox_url,
-        poll_delay_s=0.01, health_probe_s=None, webhooks=FAST, lane_sweep_s=None,
-    )  # fmt: skip
-    return dataclasses.replace(config, **overrides)
-
-
-@pytest.fixture
-async def start_worker(
-    redis: Redis, redis_url: str, sandbox_server: SandboxServer
-) -> AsyncIterator[Callable[..., Awaitable[None]]]:
-    """Start in-process workers (with their event pumps) for one test; all stop at its end."""
-    running: list[tuple[Any, asyncio.Task[None]]] = []
-
-    async def start(**overrides: Any) -> None:
-        worker = create_worker(worker_config(redis_url, sandbox_server.url, **overrides))
-        running.append((worker, asyncio.create_task(worker.main())))
-        for _ in range(200):
-            if await redis.exists(keys.DEFAULT_QUEUE + HEALTH_KEY_SUFFIX):
-                return
-            await asyncio.sleep(0.05)
-
-    yield start
-    for worker, task in running:
-        worker.allow_pick_jobs = False
-        tries = 0
-        while not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=1)
-            tries += 1
-            if tries == 5:
-                for t in asyncio.all_tasks():
-                    t.print_stack(limit=8)
-        await asyncio.gather(task, return_exceptions=True)
-        await asyncio.wait_for(worker.close(), 10)
+FAST = FAST_WEBHOOKS
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
