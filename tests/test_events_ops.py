@@ -13,9 +13,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-from click.testing import Result
 from redis.asyncio import Redis
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from producer import keys
 from sandbox import SandboxServer
