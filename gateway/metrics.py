@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from producer import keys
 from worker.overview import NumberState, Overview, read_overview
+from worker.subscriptions import OutboxStats, SubscriptionState, SubscriptionStore
 
 __all__ = ["QueueMetrics"]
 
@@ -30,6 +31,7 @@ class QueueMetrics(Collector):
         self.registry.register(self)
         self._overview: Overview | None = None
         self._by_code: dict[str, int] = {}
+        self._outboxes: list[tuple[str, SubscriptionState, OutboxStats]] = []
 
     async def render(self) -> bytes:
         """Read Redis, then the exposition text."""
@@ -42,6 +44,12 @@ class QueueMetrics(Collector):
             for label, value in ((k.decode(), v) for k, v in counts.items())
             if label.startswith("code:")
         }
+        store = SubscriptionStore(self.redis)
+        states = await store.states()
+        self._outboxes = [
+            (s.id, states.get(s.id, SubscriptionState()), await store.stats(s.id))
+            for s in await store.all()
+        ]
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -83,8 +91,37 @@ class QueueMetrics(Collector):
         yield GaugeMetricFamily(
             "waq_paused_numbers", "Sender numbers paused now.", states[NumberState.PAUSED]
         )
+        yield from self._webhook_gauges()
         yield GaugeMetricFamily(
             "waq_throttled_numbers",
             "Sender numbers Meta has slowed down (recovering).",
             states[NumberState.THROTTLED],
         )
+
+    def _webhook_gauges(self) -> Iterator[GaugeMetricFamily]:
+        """Each subscription's backlog, dead letters, deliveries, failures and state."""
+        labels = ["subscription"]
+        families = {
+            "pending": GaugeMetricFamily(
+                "waq_webhook_pending", "Events waiting in a subscription's outbox.", labels=labels
+            ),
+            "dead": GaugeMetricFamily(
+                "waq_webhook_dead", "Events in a subscription's dead letters.", labels=labels
+            ),
+            "delivered": GaugeMetricFamily(
+                "waq_webhook_delivered", "Events a subscription received.", labels=labels
+            ),
+            "failures": GaugeMetricFamily(
+                "waq_webhook_failures", "Failed requests to a subscription.", labels=labels
+            ),
+        }
+        active = GaugeMetricFamily(
+            "waq_webhook_active", "1 while a subscription delivers (not paused or disabled).",
+            labels=labels,
+        )  # fmt: skip
+        for subscription_id, state, stats in self._outboxes:
+            for name, family in families.items():
+                family.add_metric([subscription_id], getattr(stats, name))
+            active.add_metric([subscription_id], int(state.state == "active"))
+        yield from families.values()
+        yield active

@@ -40,8 +40,8 @@ class Delivery:
 class Receiver:
     """Verifies with ``secrets`` (any one may match) and answers by ``behaviour``.
 
-    ``behaviour``: "ok"; "down" (503 always); "status:<n>" (always n); "flaky" (seeded: some
-    500s, some hangs past the sender's timeout, some slow 200s after it).
+    ``behaviour``: "ok"; "down" (503 always); "status:<n>" (always n); "slow:<s>" (200 after
+    s seconds); "flaky" (seeded: some 500s and 429s, some 200s after the sender's timeout).
     """
 
     secrets: list[str] = field(default_factory=list)
@@ -54,12 +54,22 @@ class Receiver:
     """Why each request that failed verification was refused."""
     requests: int = 0
     answers: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    most_in_flight: int = 0
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/events", self._receive, methods=["POST"])])
 
     async def _receive(self, request: Request) -> Response:
         self.requests += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: Request) -> Response:
         body = await request.body()
         headers = dict(request.headers)
         errors = []
@@ -86,6 +96,8 @@ class Receiver:
             return 503, 0.0
         if self.behaviour.startswith("status:"):
             return int(self.behaviour.split(":", 1)[1]), 0.0
+        if self.behaviour.startswith("slow:"):
+            return 200, float(self.behaviour.split(":", 1)[1])
         roll = self.rng.random()
         if roll < 0.15:
             return 500, 0.0

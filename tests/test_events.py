@@ -29,6 +29,7 @@ from tests.receiver import Receiver, ReceiverServer
 from tests.support import TEMPLATE, TEXT, events_in_stream
 from worker.dead_letters import DeadLetterStore
 from worker.event_pump import EventPump
+from worker.metrics import WorkerMetrics
 from worker.pauses import PauseStore
 from worker.subscriptions import SubscriptionSpec, SubscriptionStore
 
@@ -437,3 +438,39 @@ async def test_a_new_subscription_gets_only_events_from_then_on(
     assert await pump.step() == 2
     assert (await store.stats(made.id)).pending == 2
     assert Receiver().unique_events() == {}
+
+
+async def test_a_subscription_never_has_more_requests_in_flight_than_its_cap(
+    admin: httpx.AsyncClient,
+    receiver_server: ReceiverServer,
+    start_worker: Callable[..., Awaitable[None]],
+) -> None:
+    """Concurrency 3 and a slow receiver: twelve conversations' events go three at a time,
+    never more, even with two workers; and the worker's metrics count them."""
+    subscription = await subscribe(
+        admin, receiver_server.events_url, concurrency=3, types=["message.received"]
+    )
+    receiver = receiver_server.receiver
+    receiver.secrets = [subscription["secret"]]
+    receiver.behaviour = "slow:0.15"
+    metrics = WorkerMetrics()  # one registry for both: Prometheus would sum the two
+    await start_worker(metrics=metrics)
+    await start_worker(metrics=metrics)
+    await customers_write(admin, [f"+165055561{i:02d}" for i in range(12)])
+
+    async def all_in() -> bool:
+        return len(receiver.unique_events()) == 12
+
+    await until(all_in)
+    assert receiver.most_in_flight == 3
+    delivered = metrics.registry.get_sample_value(
+        "waq_webhook_events_delivered_total", {"subscription": subscription["id"]}
+    )
+    pumped = metrics.registry.get_sample_value("waq_events_total", {"type": "message.received"})
+    assert delivered is not None
+    assert pumped is not None
+    assert delivered == 12
+    assert pumped == 12
+    text = (await admin.get("/metrics")).text
+    assert f'waq_webhook_pending{{subscription="{subscription["id"]}"}} 0.0' in text
+    assert f'waq_webhook_delivered{{subscription="{subscription["id"]}"}} 12.0' in text
