@@ -1,4 +1,4 @@
-"""The operators' web console at ``/console``: dead letters, numbers, health check.
+"""The operators' web console at ``/console``: dead letters, numbers, webhooks, health check.
 
 Server-rendered Jinja pages and plain HTML forms, no front-end build. Every change to the
 dead-letter queue goes through a confirmation page that lists what will move; the move itself
@@ -319,6 +319,50 @@ async def resume(
     notice = f"{phone_number_id} {'resumed' if resumed else 'was not paused'}."
     return RedirectResponse(
         "/console/numbers?" + urllib.parse.urlencode({"notice": notice}), status_code=303
+    )
+
+
+@console_router.get("/webhooks")
+async def webhooks(
+    request: Request, state: State, session: Session, notice: str = ""
+) -> HTMLResponse:
+    store = state.subscriptions
+    rows = [
+        {"s": s, "state": await store.state(s.id), "stats": await store.stats(s.id),
+         "log": await store.log(s.id, 10), "dead": await store.dead(s.id, 20)}
+        for s in await store.all()
+    ]  # fmt: skip
+    return page(request, "webhooks.html", session, rows=rows, notice=notice)
+
+
+@console_router.post("/webhooks/{subscription_id}/{action}")
+async def webhook_action(
+    state: State,
+    session: Session,
+    subscription_id: str,
+    action: str,
+    csrf: Annotated[str, Form()],
+) -> Response:
+    """Test, pause, resume or replay a subscription, then back to the list with a notice."""
+    check_csrf(session, csrf)
+    store = state.subscriptions
+    if await store.get(subscription_id) is None:
+        raise ApiError(f"no webhook subscription {subscription_id}",
+                       code="subscription_not_found", status_code=404)  # fmt: skip
+    if action == "test":
+        notice = f"Queued test event {await store.send_test(subscription_id)}."
+    elif action == "pause":
+        await store.pause(subscription_id, "paused from the console")
+        notice = f"{subscription_id} paused; new events wait in its dead letters."
+    elif action == "resume":
+        await store.resume(subscription_id)
+        notice = f"{subscription_id} resumed."
+    elif action == "replay":
+        notice = f"Replaying {await store.replay(subscription_id)} events to {subscription_id}."
+    else:
+        raise ApiError(f"no action {action!r}", code="unknown_action", status_code=404)
+    return RedirectResponse(
+        "/console/webhooks?" + urllib.parse.urlencode({"notice": notice}), status_code=303
     )
 
 

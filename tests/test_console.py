@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,7 +22,10 @@ from redis.asyncio import Redis
 from gateway import GatewayConfig, create_app
 from gateway.console_auth import COOKIE
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
+from tests.receiver import ReceiverServer
 from tests.support import CUSTOMER, STRANGER, Pipeline
+from worker.subscriptions import SubscriptionSpec, SubscriptionStore
+from worker.webhook_sender import WebhookConfig
 
 ADMIN_KEY = "test-admin-key"
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "console"
@@ -195,6 +198,49 @@ async def test_pause_and_resume_a_number(page: Page, pipeline: Pipeline) -> None
     await row.locator("button").click()
     await page.wait_for_selector("text=resumed")
     assert await pipeline.pauses.get(DEFAULT_PHONE_NUMBER_ID) is None
+
+
+async def test_a_failing_subscription_is_seen_and_replayed_from_the_console(
+    page: Page,
+    pipeline: Pipeline,
+    receiver_server: ReceiverServer,
+    start_worker: Callable[..., Awaitable[None]],
+) -> None:
+    """A receiver down past the retries: the webhooks page shows the subscription paused with
+    the reason, the failed attempts and the dead letters; once it is back, Replay delivers."""
+    store = SubscriptionStore(pipeline.redis)
+    made = await store.add(
+        SubscriptionSpec(url=receiver_server.events_url, types=["message.queued"])
+    )
+    receiver = receiver_server.receiver
+    receiver.secrets = [made.secret.get_secret_value()]
+    receiver.behaviour = "down"
+    await start_worker(webhooks=WebhookConfig(timeout_s=0.4, retry_schedule_s=(0.05,)))
+    queued = await pipeline.send(to=CUSTOMER)
+    for _ in range(100):
+        if (await store.state(made.id)).state == "paused":
+            break
+        await asyncio.sleep(0.05)
+    await sign_in(page)
+    await page.goto("/console/webhooks")
+    section = page.locator(f"section[data-subscription='{made.id}']")
+    text = await section.inner_text()
+    assert "paused" in text
+    assert "not delivered after 2 attempts" in text
+    assert "503" in text
+    assert "Replay 1 dead letters" in text
+    await shot(page, "07-webhooks-paused")
+    receiver.behaviour = "ok"
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await section.locator("button", has_text="Replay").click()
+    await page.wait_for_selector("[role=status]")
+    assert "Replaying 1 events" in await page.inner_text("[role=status]")
+    for _ in range(100):
+        if receiver.unique_events():
+            break
+        await asyncio.sleep(0.05)
+    [event] = receiver.unique_events().values()
+    assert event["data"]["message_id"] == queued.message_id
 
 
 async def test_health_check_then_a_test_message(
