@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from producer import keys
 from worker.overview import NumberState, Overview, read_overview
@@ -32,6 +33,7 @@ class QueueMetrics(Collector):
         self._overview: Overview | None = None
         self._by_code: dict[str, int] = {}
         self._outboxes: list[tuple[str, SubscriptionState, OutboxStats]] = []
+        self._stream: dict[str, float] = {}
 
     async def render(self) -> bytes:
         """Read Redis, then the exposition text."""
@@ -44,6 +46,7 @@ class QueueMetrics(Collector):
             for label, value in ((k.decode(), v) for k, v in counts.items())
             if label.startswith("code:")
         }
+        self._stream = await self._read_stream()
         store = SubscriptionStore(self.redis)
         states = await store.states()
         self._outboxes = [
@@ -52,7 +55,7 @@ class QueueMetrics(Collector):
         ]
         return generate_latest(self.registry)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         """The last read, as gauges (prometheus-client calls this from ``generate_latest``)."""
         overview = self._overview
         if overview is None:
@@ -98,7 +101,27 @@ class QueueMetrics(Collector):
             states[NumberState.THROTTLED],
         )
 
-    def _webhook_gauges(self) -> Iterator[GaugeMetricFamily]:
+    async def _read_stream(self) -> dict[str, float]:
+        """The events stream: emitted ever, held now, and how far the pump is behind."""
+        try:
+            info = await self.redis.xinfo_stream(keys.EVENTS)
+        except ResponseError:  # no event yet
+            return {"emitted": 0, "length": 0, "lag_s": 0}
+        cursor = await self.redis.get(keys.EVENTS_CURSOR)
+        last = info.get("last-generated-id") or b"0-0"
+
+        def millis(entry_id: bytes | str) -> int:
+            text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            return int(text.split("-", 1)[0])
+
+        lag_ms = millis(last) - millis(cursor) if cursor else 0
+        return {
+            "emitted": float(info.get("entries-added", info.get("length", 0))),
+            "length": float(info.get("length", 0)),
+            "lag_s": max(lag_ms, 0) / 1000,
+        }
+
+    def _webhook_gauges(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         """Each subscription's backlog, dead letters, deliveries, failures and state."""
         labels = ["subscription"]
         families = {
@@ -125,3 +148,16 @@ class QueueMetrics(Collector):
             active.add_metric([subscription_id], int(state.state == "active"))
         yield from families.values()
         yield active
+        yield CounterMetricFamily(
+            "waq_events_emitted", "Events ever added to the stream.",
+            value=self._stream.get("emitted", 0),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "waq_events_stream_length", "Events the stream holds now (WAQ_EVENTS_MAXLEN).",
+            value=self._stream.get("length", 0),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "waq_events_pump_lag_seconds",
+            "How far the newest event is ahead of what the pump handed to subscriptions.",
+            value=self._stream.get("lag_s", 0),
+        )

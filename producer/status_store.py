@@ -49,6 +49,8 @@ class StatusStore:
         }
         if request.metadata:
             fields["metadata"] = json.dumps(request.metadata)
+        if request.biz_opaque_callback_data is not None:  # for its events, without the request
+            fields["callback"] = request.biz_opaque_callback_data
         event = StatusEvent(at=now, state=MessageState.QUEUED).model_dump_json(exclude_none=True)
         return fields, event
 

@@ -60,41 +60,49 @@ local function wa_of(to) return (string.gsub(to or '', '^%+', '')) end
 local function t6(x) return string.format('%.6f', x) end
 """
 
-# ``emit`` appends one event; ``about`` fills a message event's common fields from the record;
-# ``dead_lettered`` emits a dead letter's events from its entry's JSON. Events carry what a
-# service needs to act without a second read (ids, metadata, its callback data, the error).
+# ``emit`` appends one event; ``emit_message`` a message's, with the fields every message
+# event carries, from its record; ``dead_lettered`` a dead letter's, from its entry's JSON.
+# Events carry what a service needs to act without a second read (ids, the caller's metadata
+# and callback data, the error). A message event is built as text, not through cjson: it is
+# on the hot path (two per message), its ids and numbers were validated on the way in, the
+# metadata is stored as JSON already, and only free text (callback data, wamid, errors) is
+# encoded.
 EMIT: Final = f"""
 local EVENTS = '{keys.EVENTS}'
 local function emit(kind, data)
   redis.call('XADD', EVENTS, '*', 'type', kind, 'data', cjson.encode(data))
 end
-local function about(id, key, data)
+local function emit_message(kind, id, key, extra)
   local m = redis.call('HMGET', key, 'phone_number_id', 'to', 'conversation_id', 'metadata',
-                       'request', 'wamid')
-  data.message_id = id
-  data.phone_number_id = m[1] or nil
-  data.to = m[2] or nil
-  data.conversation_id = m[3] or nil
-  data.metadata = m[4] and cjson.decode(m[4]) or {{}}
-  if data.wamid == nil then data.wamid = m[6] or nil end
-  if m[5] and string.find(m[5], '"biz_opaque_callback_data"', 1, true) then
-    data.biz_opaque_callback_data = cjson.decode(m[5]).biz_opaque_callback_data
+                       'callback', 'wamid')
+  local parts = {{'{{"message_id":"', id, '"'}}
+  if m[1] then table.insert(parts, ',"phone_number_id":"' .. m[1] .. '"') end
+  if m[2] then table.insert(parts, ',"to":"' .. m[2] .. '"') end
+  if m[3] then table.insert(parts, ',"conversation_id":"' .. m[3] .. '"') end
+  table.insert(parts, ',"metadata":' .. (m[4] or '{{}}'))
+  if m[5] then table.insert(parts, ',"biz_opaque_callback_data":' .. cjson.encode(m[5])) end
+  if m[6] and not (extra and extra.wamid) then
+    table.insert(parts, ',"wamid":' .. cjson.encode(m[6]))
   end
-  return data
+  for name, value in pairs(extra or {{}}) do
+    table.insert(parts, ',"' .. name .. '":' .. cjson.encode(value))
+  end
+  table.insert(parts, '}}')
+  redis.call('XADD', EVENTS, '*', 'type', kind, 'data', table.concat(parts))
 end
 local function dead_lettered(id, key, raw)
   local e = cjson.decode(raw)
-  local function with(data)
-    data = about(id, key, data)
-    data.phone_number_id = data.phone_number_id or e.phone_number_id
-    data.to = data.to or e.to
-    return data
+  local function extra(fields)
+    if redis.call('HEXISTS', key, 'phone_number_id') == 0 then  -- the record expired
+      fields.phone_number_id, fields.to = e.phone_number_id, e.to
+    end
+    return fields
   end
   if type(e.error) == 'table' and e.error.source == 'status webhook' then
-    emit('message.failed', with({{status = 'failed', error = e.error}}))
+    emit_message('message.failed', id, key, extra({{error = e.error}}))
   end
-  emit('message.dead_lettered', with({{status = 'dead', error = e.error, hint = e.hint,
-                                      suggestion = e.suggestion}}))
+  emit_message('message.dead_lettered', id, key,
+               extra({{error = e.error, hint = e.hint, suggestion = e.suggestion}}))
 end
 """
 
@@ -175,7 +183,7 @@ if state then
 end
 redis.call('HSET', KEYS[1], 'request_hash', ARGV[2], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-emit('message.queued', about(ARGV[1], KEYS[1], {status = 'queued'}))
+emit_message('message.queued', ARGV[1], KEYS[1])
 return {'', join(KEYS[3], KEYS[4], KEYS[5], KEYS[2], ARGV[1], ARGV[4], ARGV[3])}
 """
 )
@@ -332,7 +340,7 @@ for i = 4, #ARGV, 7 do
     -- the retention their last move gave them (a status webhook gives them another).
     if open then
       redis.call('HSET', key, 'wamid', ARGV[i + 4], 'state', 'accepted', 'updated_at', t6(now))
-      emit('message.sent', about(id, key, {status = 'accepted', attempt = tonumber(ARGV[i + 3])}))
+      emit_message('message.sent', id, key, {wamid = ARGV[i + 4], attempt = tonumber(ARGV[i + 3])})
     else
       redis.call('HSET', key, 'wamid', ARGV[i + 4])
     end
@@ -405,11 +413,10 @@ end
 -- not know is its `sent`; then delivered and read. A repeat or a late status emits nothing.
 if moves and new > old then
   if old < 2 and new >= 2 then
-    emit('message.sent', about(ARGV[4], KEYS[1], {status = 'accepted'}))
+    emit_message('message.sent', ARGV[4], KEYS[1])
   end
   if ARGV[1] == 'delivered' or ARGV[1] == 'read' then
-    emit('message.' .. ARGV[1], about(ARGV[4], KEYS[1],
-         {status = ARGV[1], at = cjson.decode(ARGV[2]).at}))
+    emit_message('message.' .. ARGV[1], ARGV[4], KEYS[1], {at = cjson.decode(ARGV[2]).at})
   end
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
@@ -472,13 +479,13 @@ REQUEUE: Final = (
     _PRELUDE
     + _TAKE
     + """
-redis.call('HDEL', KEYS[4], 'attempts', 'metadata', 'updated_at')
+redis.call('HDEL', KEYS[4], 'attempts', 'metadata', 'callback', 'updated_at')
 redis.call('HSET', KEYS[4], unpack(ARGV, 6))
 redis.call('HSETNX', KEYS[4], 'created_at', ARGV[5])
 redis.call('HDEL', KEYS[4], 'error', 'detail', 'wamid', 'next_attempt_at', 'sending_at')
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 local token = join(KEYS[6], KEYS[7], KEYS[8], KEYS[5], ARGV[1], ARGV[4], ARGV[3])
-emit('message.requeued', about(ARGV[1], KEYS[4], {status = 'queued'}))
+emit_message('message.requeued', ARGV[1], KEYS[4])
 count(KEYS[3], raw, -1)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])

@@ -22,7 +22,7 @@ from standardwebhooks import Webhook
 
 from producer.events import Event
 from producer.status_store import StatusStore
-from sandbox import DEFAULT_PHONE_NUMBER_ID
+from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient
 from sandbox.server import BackgroundServer
 from tests.conftest import API_KEY, FAST_WEBHOOKS
 from tests.receiver import Receiver, ReceiverServer
@@ -130,7 +130,7 @@ async def test_dead_letters_requeues_and_pauses_are_events(
     assert await store.requeue(letter_entry, request=template, note="as a template")
     [again] = await events_in_stream(redis, "message.requeued")
     assert again.data["message_id"] == message_id
-    assert again.data["status"] == "queued"
+    assert again.data["to"] == "+16505550102"
     pauses = PauseStore(redis)
     assert await pauses.pause(PNID, reason="a test", code=None, by="operator")
     assert await pauses.resume(PNID, by="operator")
@@ -140,6 +140,33 @@ async def test_dead_letters_requeues_and_pauses_are_events(
         ("number.paused", PNID, "operator"), ("number.resumed", PNID, "operator")
     ]  # fmt: skip
     assert numbers[0].data["reason"] == "a test"
+
+
+async def test_a_failure_meta_reports_later_is_failed_then_dead_lettered(
+    admin: httpx.AsyncClient,
+    redis: Redis,
+    sandbox: SandboxClient,
+    start_worker: Callable[..., Awaitable[None]],
+) -> None:
+    """Meta accepts, then fails the message by webhook: sent, failed with Meta's error, then
+    dead-lettered with the hint; in that order, each once."""
+    await start_worker()
+    customer = "+16505550103"
+    await customers_write(admin, [customer])
+    await sandbox.set_recipient(customer[1:], async_failure_code=131047)
+    message_id = await send(admin, customer)
+
+    async def dead() -> bool:
+        return bool(await events_in_stream(redis, "message.dead_lettered"))
+
+    await until(dead)
+    events = [e for e in await events_in_stream(redis) if e.data.get("message_id") == message_id]
+    assert [e.type for e in events] == [
+        "message.queued", "message.sent", "message.failed", "message.dead_lettered"
+    ]  # fmt: skip
+    assert events[2].data["error"]["code"] == 131047
+    assert events[2].data["error"]["source"] == "status webhook"
+    assert events[3].data["suggestion"] == "send_template"
 
 
 # -- webhooks ------------------------------------------------------------------------------
@@ -474,3 +501,5 @@ async def test_a_subscription_never_has_more_requests_in_flight_than_its_cap(
     text = (await admin.get("/metrics")).text
     assert f'waq_webhook_pending{{subscription="{subscription["id"]}"}} 0.0' in text
     assert f'waq_webhook_delivered{{subscription="{subscription["id"]}"}} 12.0' in text
+    assert "waq_events_emitted_total 24.0" in text  # 12 conversations created, 12 messages
+    assert "waq_events_pump_lag_seconds 0.0" in text

@@ -61,7 +61,8 @@ class WorkerMetrics:
 
         self.events = Counter(
             "waq_events",
-            "Events this worker's pump copied from the stream, by type.",
+            "Events this worker's pump read from the stream to copy to subscriptions, by type "
+            "(all events emitted: the gateway's waq_events_emitted).",
             ["type"],
             registry=self.registry,
         )

@@ -72,12 +72,21 @@ end
 # trim to once caught up. Copies each new event into the outbox of every subscription that
 # wants it (a paused one's dead letters). Returns {entries read, {sub, token, ...} jobs to
 # start, {type, count, ...}}. Trims the stream only when it has read to its end, so nothing
-# is trimmed before every subscription has its copy.
+# is trimmed before every subscription has its copy. Without subscriptions it reads nothing.
 FANOUT: Final = (
     _COMMON
     + """
 local cursor = redis.call('GET', KEYS[2]) or '0-0'
 local count = tonumber(ARGV[1])
+if redis.call('HLEN', KEYS[3]) == 0 then
+  -- Nobody to copy to: move the cursor to the end without reading the events (reading is
+  -- most of a pump's Redis time), and trim.
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if not last[1] or last[1][1] == cursor then return {0, {}, {}} end
+  redis.call('SET', KEYS[2], last[1][1])
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', tonumber(ARGV[2]))
+  return {0, {}, {}}
+end
 local entries = redis.call('XRANGE', KEYS[1], '(' .. cursor, '+', 'COUNT', count)
 if #entries == 0 then return {0, {}, {}} end
 local subs = {}
