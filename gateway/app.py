@@ -8,13 +8,15 @@ import hmac
 import json
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 
 from gateway.api import router
 from gateway.console import console_router
@@ -36,21 +38,11 @@ _READY_TIMEOUT_S = 1.0
 
 def create_app(config: GatewayConfig) -> FastAPI:
     """The gateway as an ASGI app; Redis is opened at startup and closed at shutdown."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = GatewayState.connect(config)
-        app.state.gateway = state
-        try:
-            yield
-        finally:
-            await state.aclose()
-
     app = FastAPI(
         title="waq gateway",
         version="0.1.0",
         description="Send WhatsApp messages through waq's pipeline; receive Meta's webhooks.",
-        lifespan=lifespan,
+        lifespan=_lifespan(config),
     )
     install_error_handlers(app)
     app.add_middleware(
@@ -139,6 +131,28 @@ def create_app(config: GatewayConfig) -> FastAPI:
     # Last: the door's pattern (/{version}/{id}/messages) must not shadow a waq route.
     app.include_router(graph_door)
     return app
+
+
+def _lifespan(config: GatewayConfig) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Redis opened at startup (and a configured conversation key checked in), closed after."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = GatewayState.connect(config)
+        app.state.gateway = state
+        if config.conversation_key:
+            # Leave the key's fingerprint in Redis now, before a producer without the key
+            # could make one up (producer.conversation_ids).
+            try:
+                await state.conversations.ids.key()
+            except RedisError as exc:
+                log.warning("gateway.conversation_key_unchecked", error=str(exc))
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    return lifespan
 
 
 def _same(given: str, expected: str) -> bool:

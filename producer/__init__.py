@@ -4,7 +4,15 @@ Services depend on this package alone; it imports nothing else of waq's.
 """
 
 from producer.client import Enqueued, Producer, message_id_for
-from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest, WaqError
+from producer.conversation_ids import ConversationIds, conversation_id_for
+from producer.errors import (
+    ConfigurationError,
+    FieldError,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    WaqError,
+)
+from producer.events import EVENT_VERSION, Event, EventType
 from producer.interactive import (
     ButtonInteractive,
     CtaUrlInteractive,
@@ -41,6 +49,7 @@ from producer.template_catalog import CatalogTemplate, TemplateCatalog
 from producer.transitions import LANE_FUNCTION, Claim, Claimed, ClaimLimits, Outcome, Transitions
 
 __all__ = [
+    "EVENT_VERSION",
     "FINAL_STATES",
     "LANE_FUNCTION",
     "Audio",
@@ -50,13 +59,17 @@ __all__ = [
     "Claim",
     "ClaimLimits",
     "Claimed",
+    "ConfigurationError",
     "Contact",
     "ContactsMessage",
     "Context",
+    "ConversationIds",
     "CtaUrlInteractive",
     "Document",
     "DocumentMessage",
     "Enqueued",
+    "Event",
+    "EventType",
     "FieldError",
     "IdempotencyKeyReused",
     "Image",
@@ -90,6 +103,7 @@ __all__ = [
     "Video",
     "VideoMessage",
     "WaqError",
+    "conversation_id_for",
     "message_adapter",
     "message_id_for",
     "normalize_recipient",

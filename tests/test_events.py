@@ -17,9 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
+from producer import Producer, keys
+from producer.conversation_ids import ConversationIds
+from producer.errors import ConfigurationError
 from producer.events import Event
 from producer.status_store import StatusStore
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient
@@ -503,3 +507,19 @@ async def test_a_subscription_never_has_more_requests_in_flight_than_its_cap(
     assert f'waq_webhook_delivered{{subscription="{subscription["id"]}"}} 12.0' in text
     assert "waq_events_emitted_total 24.0" in text  # 12 conversations created, 12 messages
     assert "waq_events_pump_lag_seconds 0.0" in text
+
+
+async def test_producers_name_conversations_as_the_gateway_does(redis: Redis) -> None:
+    """A message's events name the conversation the gateway would; with a configured key, a
+    producer that lacks it refuses to enqueue rather than make up other ids."""
+    gateway_ids = ConversationIds(redis, key="deployment-secret")
+    expected = await gateway_ids.id_for(PNID, "16505550104")
+    request = {"phone_number_id": PNID, "to": "+16505550104", "message": TEMPLATE}
+    with pytest.raises(ConfigurationError) as refused:
+        await Producer(redis).enqueue(request)
+    assert refused.value.code == "conversation_key_missing"
+    assert await redis.xlen(keys.EVENTS) == 0  # nothing was enqueued
+    queued = await Producer(redis, conversation_key="deployment-secret").enqueue(request)
+    [event] = await events_in_stream(redis, "message.queued")
+    assert event.data["message_id"] == queued.message_id
+    assert event.conversation_id == expected

@@ -142,6 +142,9 @@ class LoadTest:
     template: str | None = None
     timeout_s: float = 120.0
     queue_name: str = keys.DEFAULT_QUEUE
+    conversation_key: str | None = None
+    """The deployment's WAQ_CONVERSATION_KEY, if it sets one (the producer names
+    conversations with it)."""
     progress: Callable[[str], None] = lambda _: None
     ids: list[str] = field(default_factory=list)
     rejected: int = 0
@@ -183,7 +186,9 @@ class LoadTest:
             if self.via == "gateway"
             else None
         )
-        producer = Producer(self.redis, queue_name=self.queue_name)
+        producer = Producer(
+            self.redis, queue_name=self.queue_name, conversation_key=self.conversation_key
+        )
         try:
             for sent in range(0, len(requests), batch):
                 chunk = requests[sent : sent + batch]

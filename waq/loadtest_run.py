@@ -116,10 +116,12 @@ class LoadRun:
         if self.senders > 1:
             senders = sender_ids(self.senders)
         api_key = settings.api_keys[0].get_secret_value() if settings.api_keys else None
+        key = settings.conversation_key
         return asyncio.run(
             self._run(
                 str(settings.redis_url), settings.graph_base_url, senders,
                 settings.gateway_url, api_key,
+                conversation_key=key.get_secret_value() if key else None,
             )
         )  # fmt: skip
 
@@ -132,6 +134,7 @@ class LoadRun:
         api_key: str | None,
         *,
         sandbox_mps: float | None = None,
+        conversation_key: str | None = None,
     ) -> LoadReport:
         sandboxed = await is_sandbox(graph_base_url)
         if not sandboxed and not self.allow_production:
@@ -159,6 +162,7 @@ class LoadRun:
                 rate=self.rate, via="gateway" if self.via == "gateway" else "producer",
                 gateway_url=gateway_url, api_key=api_key, template=self.template,
                 timeout_s=self.timeout_s, progress=_Progress(self.say),
+                conversation_key=conversation_key,
             )  # fmt: skip
             return await test.run()
         finally:

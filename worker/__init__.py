@@ -1,4 +1,4 @@
-"""Delivery: lane jobs, the Graph API client, Meta's error table, backoff, the arq worker."""
+"""Delivery: lane jobs, the Graph API, Meta's error table, the arq worker, events out."""
 
 from worker.aiohttp_transport import AiohttpTransport
 from worker.backoff import backoff_s, pair_backoff_s
@@ -18,16 +18,27 @@ from worker.errors import (
     GraphTimeout,
     GraphTransportError,
 )
+from worker.event_pump import EventPump
 from worker.graph import GraphClient, HealthStatus, PhoneNumberInfo, SendResult
 from worker.lane import LaneJob, LaneReport, RedisClock
 from worker.metrics import WorkerMetrics
 from worker.overview import NumberOverview, NumberState, Overview, read_overview
+from worker.subscriptions import (
+    DeadEvent,
+    OutboxStats,
+    Subscription,
+    SubscriptionSpec,
+    SubscriptionState,
+    SubscriptionStore,
+)
 from worker.template_rewrite import RewriteError, TemplateRewrite
+from worker.webhook_sender import WebhookConfig, WebhookSender
 
 __all__ = [
     "ERROR_TABLE",
     "Action",
     "AiohttpTransport",
+    "DeadEvent",
     "DeadLetter",
     "DeadLetterFilter",
     "DeadLetterStats",
@@ -36,6 +47,7 @@ __all__ = [
     "DeliveryConfig",
     "DeliveryError",
     "ErrorRule",
+    "EventPump",
     "GraphClient",
     "GraphConnectionError",
     "GraphError",
@@ -47,14 +59,21 @@ __all__ = [
     "MoveResult",
     "NumberOverview",
     "NumberState",
+    "OutboxStats",
     "Overview",
     "PhoneNumberInfo",
     "RedisClock",
     "RewriteError",
     "Schedule",
     "SendResult",
+    "Subscription",
+    "SubscriptionSpec",
+    "SubscriptionState",
+    "SubscriptionStore",
     "Suggestion",
     "TemplateRewrite",
+    "WebhookConfig",
+    "WebhookSender",
     "WorkerMetrics",
     "backoff_s",
     "pair_backoff_s",
