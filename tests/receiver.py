@@ -41,7 +41,8 @@ class Receiver:
     """Verifies with ``secrets`` (any one may match) and answers by ``behaviour``.
 
     ``behaviour``: "ok"; "down" (503 always); "status:<n>" (always n); "slow:<s>" (200 after
-    s seconds); "flaky" (seeded: some 500s and 429s, some 200s after the sender's timeout).
+    s seconds); "flaky" (seeded: some 500s and 429s, some 200s just after the sender's
+    timeout, some hangs far past it: those are handled, and arrive twice).
     """
 
     secrets: list[str] = field(default_factory=list)
@@ -99,6 +100,8 @@ class Receiver:
         if self.behaviour.startswith("slow:"):
             return 200, float(self.behaviour.split(":", 1)[1])
         roll = self.rng.random()
+        if roll < 0.03:
+            return 200, self.hang_s * 10  # hangs; handled long after the sender gave up
         if roll < 0.15:
             return 500, 0.0
         if roll < 0.22:

@@ -235,10 +235,13 @@ async def test_a_flaky_receiver_gets_every_event_in_order_per_conversation(
     latencies = [
         d.at - _event_time(e) for d in receiver.deliveries for e in d.events if e["id"] in seen
     ]
+    stats = details["stats"]
     print(  # the closing note's figures
         f"\nflaky receiver: {len(emitted)} events emitted, {len(unique)} delivered, "
-        f"{receiver.requests} requests ({answers}), {duplicates} duplicates removed by the "
-        f"dedupe, drained {drained_s:.1f} s after the last read, delivery latency p50 "
+        f"lost {len(emitted.keys() - unique.keys())}; waq made {stats['attempts']} requests, "
+        f"{stats['failures']} failed and were retried; the receiver answered {answers} and "
+        f"saw {duplicates} duplicates (removed by its dedupe); drained {drained_s:.1f} s "
+        f"after the last read; delivery latency p50 "
         f"{statistics.median(latencies):.2f} s p99 "
         f"{statistics.quantiles(latencies, n=100)[98]:.2f} s"
     )
