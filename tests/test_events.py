@@ -498,8 +498,11 @@ async def test_a_subscription_never_has_more_requests_in_flight_than_its_cap(
     await until(all_in)
     assert receiver.most_in_flight == 3
     delivered = metrics.registry.get_sample_value(
-        "waq_webhook_events_delivered_total", {"subscription": subscription["id"]}
+        "waq_webhook_events_delivered_total",
+        {"subscription": subscription["id"], "type": "message.received"},
     )
+    aged = metrics.registry.get_sample_value("waq_webhook_event_age_seconds_count")
+    assert aged == 12
     pumped = metrics.registry.get_sample_value("waq_events_total", {"type": "message.received"})
     assert delivered is not None
     assert pumped is not None

@@ -7,6 +7,7 @@ dead letters, paused numbers) is read once, by the gateway's ``/metrics``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -17,6 +18,8 @@ __all__ = ["WorkerMetrics"]
 _LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
 # A claimed slot is at most the claim's horizon (0.5 s) away; most are a few ms.
 _WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# An event goes out in milliseconds, or after retries: minutes to a day.
+_AGE_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0, 1800.0, 7200.0, 36000.0)
 
 
 class WorkerMetrics:
@@ -75,8 +78,14 @@ class WorkerMetrics:
         )
         self.webhook_events = Counter(
             "waq_webhook_events_delivered",
-            "Events delivered to webhook subscriptions.",
-            ["subscription"],
+            "Events delivered to webhook subscriptions, by subscription and event type.",
+            ["subscription", "type"],
+            registry=self.registry,
+        )
+        self.webhook_event_age = Histogram(
+            "waq_webhook_event_age_seconds",
+            "From an event's emission to its delivery (retries and batch windows included).",
+            buckets=_AGE_BUCKETS,
             registry=self.registry,
         )
         self.webhook_latency = Histogram(
@@ -88,13 +97,22 @@ class WorkerMetrics:
         )
 
     def webhook_delivery(
-        self, subscription: str, outcome: str, latency_s: float, *, events: int
+        self,
+        subscription: str,
+        outcome: str,
+        latency_s: float,
+        *,
+        delivered: Iterable[tuple[str, float]] = (),
     ) -> None:
-        """Count one webhook request and its latency."""
+        """Count one webhook request and its latency.
+
+        ``delivered``: the type and age (s since emitted) of each event it delivered.
+        """
         self.webhook_deliveries.labels(subscription=subscription, outcome=outcome).inc()
         self.webhook_latency.labels(subscription=subscription).observe(latency_s)
-        if outcome == "delivered":
-            self.webhook_events.labels(subscription=subscription).inc(events)
+        for type_, age_s in delivered:
+            self.webhook_events.labels(subscription=subscription, type=type_).inc()
+            self.webhook_event_age.observe(age_s)
 
     def outcome(self, outcome: str, code: object = None) -> None:
         """Count one attempt's outcome."""

@@ -203,7 +203,13 @@ class WireEvent:
 
     @property
     def id(self) -> str:
+        """The event's id."""
         return "evt_" + self.stream_id
+
+    @property
+    def emitted_at(self) -> float:
+        """When it was emitted (unix s), from its stream id's milliseconds."""
+        return int(self.stream_id.split("-", 1)[0]) / 1000
 
 
 class SubscriptionStore:

@@ -222,7 +222,12 @@ class WebhookSender:
         else:
             report.failed += len(events)
         if self.metrics is not None:
-            self.metrics.webhook_delivery(subscription.id, outcome, latency, events=len(events))
+            done = time.time()
+            self.metrics.webhook_delivery(
+                subscription.id, outcome, latency,
+                delivered=[(e.type, done - e.emitted_at) for e in events]
+                if outcome == "delivered" else (),
+            )  # fmt: skip
         if outcome in ("exhausted", "gone", "refused"):
             log.warning(
                 "webhooks.gave_up", subscription_id=subscription.id, outcome=outcome,
