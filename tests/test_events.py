@@ -497,10 +497,18 @@ async def test_a_subscription_never_has_more_requests_in_flight_than_its_cap(
 
     await until(all_in)
     assert receiver.most_in_flight == 3
-    delivered = metrics.registry.get_sample_value(
-        "waq_webhook_events_delivered_total",
-        {"subscription": subscription["id"], "type": "message.received"},
-    )
+
+    def counted() -> float | None:
+        return metrics.registry.get_sample_value(
+            "waq_webhook_events_delivered_total",
+            {"subscription": subscription["id"], "type": "message.received"},
+        )
+
+    async def all_counted() -> bool:  # counted after the settle, after the receiver answered
+        return counted() == 12
+
+    await until(all_counted)
+    delivered = counted()
     aged = metrics.registry.get_sample_value("waq_webhook_event_age_seconds_count")
     assert aged == 12
     pumped = metrics.registry.get_sample_value("waq_events_total", {"type": "message.received"})

@@ -272,6 +272,18 @@ async def phone_number_health(ctx: dict[str, Any], *, phone_number_id: str) -> d
     return {"ok": True, "phone_number": info.model_dump(mode="json", exclude_none=True)}
 
 
+def _log_task_stacks() -> None:
+    """SIGUSR2: log every asyncio task's stack, for a worker that will not stop or move.
+
+    py-spy shows only the event loop waiting; the coroutines it waits on show here.
+    """
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=12)
+        where = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames]
+        log.warning("worker.task_stack", task=task.get_name(), coro=repr(task.get_coro()),
+                    stack=where)  # fmt: skip
+
+
 def _probe_seconds(every_s: int) -> set[int]:
     return set(range(0, 60, every_s)) if every_s < 60 else {0}
 
@@ -348,6 +360,8 @@ def create_worker(config: WorkerConfig) -> Worker:
     """An arq ``Worker`` for lane jobs, with JSON jobs and one Graph client per process."""
 
     async def startup(ctx: dict[str, Any]) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals: not POSIX
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _log_task_stacks)
         redis = ctx["redis"]
         statuses = StatusStore(redis, retention_s=config.retention_s)
         connections = max(config.concurrency, 1)
@@ -406,7 +420,9 @@ def create_worker(config: WorkerConfig) -> Worker:
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        await EventPump.stop(ctx.get("pump_task"))
+        pump: EventPump | None = ctx.get("pump")
+        if pump is not None:
+            await pump.stop(ctx.get("pump_task"))
         graph: GraphClient | None = ctx.get("graph")
         if graph is not None:
             await graph.aclose()
