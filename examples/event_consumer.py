@@ -40,7 +40,11 @@ async def consume(
     start = "0"  # first what this consumer was given and never acknowledged, then new events
     while stop_after is None or handled < stop_after:
         block_ms = int((idle_exit_s or 5) * 1000)
-        answer = await redis.xreadgroup(group, consumer, {EVENTS: start}, count=100, block=block_ms)
+        # Never take more than it will handle: what it takes and leaves waits, unacknowledged.
+        count = 100 if stop_after is None else min(100, stop_after - handled)
+        answer = await redis.xreadgroup(
+            group, consumer, {EVENTS: start}, count=count, block=block_ms
+        )
         entries = [entry for _, batch in answer for entry in batch]
         if not entries:
             if start == "0":

@@ -34,7 +34,9 @@ __all__ = [
     "REQUEUE",
     "SETTLE",
     "SLOWDOWN_FACTOR",
+    "WAKE",
     "WAKE_IF_WAITING",
+    "WAKE_IF_WAITING_BODY",
     "WINDOW_CLOSING",
 ]
 
@@ -106,9 +108,10 @@ local function dead_lettered(id, key, raw)
 end
 """
 
-# A lane with no job (no token), or whose job sleeps past ``due_ms``, gets a new token: the
-# caller starts the job it names. A job that finds its token replaced exits.
-_WAKE: Final = """
+# A lane (or a webhook outbox: worker.outbox_scripts) with no job (no token), or whose job
+# sleeps past ``due_ms``, gets a new token: the caller starts the job it names. A job that
+# finds its token replaced exits.
+WAKE: Final = """
 local function wake(job, due_ms)
   local j = redis.call('HMGET', job, 'token', 'until')
   if j[1] and (not j[2] or tonumber(j[2]) <= due_ms) then return false end
@@ -166,7 +169,7 @@ local function count(hash, raw, by)
 end
 """
 
-_PRELUDE: Final = _FORMATS + EMIT + _WAKE + _FINISH + _JOIN + _COUNT
+_PRELUDE: Final = _FORMATS + EMIT + WAKE + _FINISH + _JOIN + _COUNT
 
 # KEYS: record, history, order list, lane, lane job. ARGV: id, request fingerprint,
 # retention s, first history event, record fields (flat pairs)...
@@ -506,13 +509,12 @@ return {'ok'}
 """
 )
 
-# KEYS: lane, lane job. ARGV: arq's job key for this lane's tokens, without the token; '1'
-# to replace a job that exists (a resumed number's, deferred while it was paused).
-# A lane with messages whose job is gone (its worker died between a step and starting the
-# job, or arq dropped it) or asleep gets a new token; returns it, or nil.
-WAKE_IF_WAITING: Final = (
-    _PRELUDE
-    + """
+# KEYS: lane (or outbox due), its job. ARGV: arq's job key for its tokens, without the token;
+# '1' to replace a job that exists (a resumed number's, deferred while it was paused). One
+# with messages (events) whose job is gone (its starter died between a step and starting the
+# job, or arq dropped it) or asleep gets a new token; returns it, or nil. The outboxes run
+# the same body after their own helpers.
+WAKE_IF_WAITING_BODY: Final = """
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if not first[1] then return false end
 local token = redis.call('HGET', KEYS[2], 'token')
@@ -521,7 +523,8 @@ if token and (ARGV[2] == '1' or redis.call('EXISTS', ARGV[1] .. token) == 0) the
 end
 return wake(KEYS[2], tonumber(first[2]))
 """
-)
+
+WAKE_IF_WAITING: Final = _PRELUDE + WAKE_IF_WAITING_BODY
 
 # A window opens or moves forward only (webhooks arrive out of order and twice) and expires
 # when it closes; the closing-soon index learns its new close. Returns 2 opened (it was

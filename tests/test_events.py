@@ -7,7 +7,6 @@ receiver over HTTP that verifies each delivery with the ``standardwebhooks`` lib
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import statistics
@@ -31,6 +30,7 @@ from sandbox.server import BackgroundServer
 from tests.conftest import API_KEY, FAST_WEBHOOKS
 from tests.receiver import Receiver, ReceiverServer
 from tests.support import TEMPLATE, TEXT, events_in_stream
+from tests.test_gateway import eventually
 from worker.dead_letters import DeadLetterStore
 from worker.event_pump import EventPump
 from worker.metrics import WorkerMetrics
@@ -42,11 +42,8 @@ FAST = FAST_WEBHOOKS
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
+    """``eventually``, with the longer wait these end-to-end scenes need."""
+    await eventually(check, timeout_s)
 
 
 async def subscribe(admin: httpx.AsyncClient, url: str, **spec: Any) -> dict[str, Any]:

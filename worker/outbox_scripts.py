@@ -15,25 +15,17 @@ from __future__ import annotations
 from typing import Final
 
 from producer import keys
+from producer.transition_scripts import WAKE, WAKE_IF_WAITING_BODY
 
 __all__ = ["CLAIM", "ENQUEUE_ONE", "FANOUT", "REMOVE", "REPLAY", "SETTLE", "WAKE_IF_WAITING"]
 
-_COMMON: Final = f"""
+_COMMON_HELPERS: Final = f"""
 local SUB = '{keys.subscription("%s", "")}'
 local STATES = '{keys.WEBHOOK_STATES}'
 local function k(sub, part) return string.format(SUB, sub) .. part end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
--- As a lane's: a job asleep past ``due_ms`` (or none) gets a new token; the caller starts it.
-local function wake(job, due_ms)
-  local j = redis.call('HMGET', job, 'token', 'until')
-  if j[1] and (not j[2] or tonumber(j[2]) <= due_ms) then return false end
-  local n = redis.call('HINCRBY', job, 'n', 1)
-  redis.call('HSET', job, 'token', n)
-  redis.call('HDEL', job, 'until')
-  return tostring(n)
 end
 local function enqueue(sub, conversation, wire, now)
   redis.call('HINCRBY', k(sub, 'stats'), 'pending', 1)
@@ -67,6 +59,7 @@ local function park_all(sub, reason, now)
   return parked
 end
 """
+_COMMON: Final = WAKE + _COMMON_HELPERS  # wake first: the helpers call it
 
 # KEYS: events stream, cursor, subscriptions. ARGV: most entries to read, stream length to
 # trim to once caught up. Copies each new event into the outbox of every subscription that
@@ -317,21 +310,9 @@ return enqueue(ARGV[1], ARGV[2], ARGV[3], now_ms())
 """
 )
 
-# KEYS: outbox due, job. ARGV: subscription id, arq's job key for its tokens (no token),
-# '1' to replace a job that exists. An outbox with events whose job is gone (its starter
-# died, or arq dropped it) or asleep past them gets a new token; returns it, or false.
-WAKE_IF_WAITING: Final = (
-    _COMMON
-    + """
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if not first[1] then return false end
-local token = redis.call('HGET', KEYS[2], 'token')
-if token and (ARGV[3] == '1' or redis.call('EXISTS', ARGV[2] .. token) == 0) then
-  redis.call('HDEL', KEYS[2], 'token', 'until')
-end
-return wake(KEYS[2], tonumber(first[2]))
-"""
-)
+# KEYS: outbox due, job. ARGV: arq's job key for its tokens (no token), '1' to replace a
+# job that exists. As a lane's (producer.transition_scripts.WAKE_IF_WAITING_BODY).
+WAKE_IF_WAITING: Final = _COMMON + WAKE_IF_WAITING_BODY
 
 # KEYS: subscriptions. ARGV: subscription id. Drops a subscription and everything it holds.
 REMOVE: Final = (

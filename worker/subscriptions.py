@@ -357,8 +357,7 @@ class SubscriptionStore:
         token = await self._wake(
             keys=[keys.subscription(subscription_id, "due"),
                   keys.subscription(subscription_id, "job")],
-            args=[subscription_id, keys.ARQ_JOB_PREFIX + delivery_job_id(subscription_id, ""),
-                  1 if replace else 0],
+            args=[keys.ARQ_JOB_PREFIX + delivery_job_id(subscription_id, ""), 1 if replace else 0],
         )  # fmt: skip
         if not token:
             return None
