@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Header, Query
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from gateway.conversations import Conversation
@@ -16,6 +23,7 @@ from gateway.health import HealthReport, run_health_check
 from gateway.kapso import is_kapso_message, kapso_to_meta
 from gateway.state import GatewayState, gateway_state, require_api_key
 from producer import limits
+from producer.client import message_id_for
 from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest
 from producer.messages import Message, TemplateMessage
 from producer.recipient import normalize_recipient, wa_id_of
@@ -52,7 +60,8 @@ class SendMessageIn(_Strict):
     @classmethod
     def _meta_flat_body(cls, data: Any) -> Any:
         if isinstance(data, dict) and "message" not in data and not data.keys() <= {
-            "phone_number_id", "to", "idempotency_key", "metadata", "biz_opaque_callback_data"
+            "phone_number_id", "to", "idempotency_key", "metadata", "biz_opaque_callback_data",
+            "send_at", "priority",
         }:  # fmt: skip
             try:
                 return fold_meta_body(data)
@@ -73,6 +82,14 @@ class SendMessageIn(_Strict):
         max_length=limits.CALLER_CALLBACK_DATA_MAX_CHARS,
         description="Your own tracking value, as in Meta's API: returned with the status.",
     )
+    send_at: AwareDatetime | None = Field(
+        default=None,
+        description="Send at this time (ISO 8601 with an offset), at most 30 days ahead; "
+        "cancellable until it leaves (DELETE /v1/messages/{id}).",
+    )
+    priority: Literal["interactive", "bulk"] | None = Field(
+        default=None, description="interactive (default) goes ahead of bulk from one number."
+    )
 
 
 class ConversationMessageIn(_Strict):
@@ -88,6 +105,7 @@ class ConversationMessageIn(_Strict):
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, max_length=limits.METADATA_MAX_KEYS
     )
+    send_at: AwareDatetime | None = Field(default=None, description="As on /v1/messages.")
 
 
 class Accepted(BaseModel):
@@ -254,6 +272,7 @@ async def send_to_conversation(
             "message": message,
             "idempotency_key": idempotency_key or body.idempotency_key,
             "metadata": {**body.metadata, "conversation_id": conversation_id},
+            "send_at": body.send_at.isoformat() if body.send_at else None,
         }
     )
     if not request.message.is_template and not conversation.window.open:
@@ -271,6 +290,46 @@ async def get_message(message_id: str, state: State) -> MessageStatus:
     if status is None:
         raise NotFound("no such message (or past its retention)", code="message_not_found")
     return status
+
+
+class Cancelled(BaseModel):
+    """A message taken back before it was handed to Meta."""
+
+    id: str
+    state: str
+
+
+@router.delete("/messages/{message_id}", summary="Cancel a message not yet sent")
+async def cancel_message(message_id: str, state: State) -> Cancelled:
+    """It becomes ``cancelled``, and its conversation's next message moves up.
+
+    Only a scheduled, queued or retrying message: one sending or later is a 409 with its state.
+    """
+    return await _cancel(state, message_id)
+
+
+@router.delete("/messages", summary="Cancel a message by its idempotency key")
+async def cancel_by_key(
+    state: State,
+    idempotency_key: Annotated[str, Query(min_length=1, max_length=255)],
+    phone_number_id: Annotated[str | None, Query()] = None,
+) -> Cancelled:
+    """The message the key enqueued (from the number given, or the default one)."""
+    sender = _sender(state, phone_number_id)
+    return await _cancel(state, message_id_for(sender, idempotency_key))
+
+
+async def _cancel(state: GatewayState, message_id: str) -> Cancelled:
+    result = await state.producer.cancel(message_id)
+    if result.state is None:
+        raise NotFound("no such message (or past its retention)", code="message_not_found")
+    if not result.cancelled:
+        raise Conflict(
+            f"{message_id} is {result.state.value}: it was handed to Meta (or is final) and "
+            "can no longer be cancelled",
+            code="not_cancellable", extra={"state": result.state.value},
+        )  # fmt: skip
+    return Cancelled(id=message_id, state=result.state.value)
 
 
 @router.get("/conversations/{conversation_id}", summary="A conversation and its window")

@@ -101,12 +101,15 @@ class ApiError(WaqError):
     status_code = 400
 
     def __init__(
-        self, detail: str, *, code: str, status_code: int | None = None, field: str | None = None
-    ) -> None:
+        self, detail: str, *, code: str, status_code: int | None = None, field: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(detail, code=code)
         if status_code is not None:
             self.status_code = status_code
         self.field = field
+        self.extra = extra or {}
+        """More machine-readable fields of the answer (a 409's ``state``)."""
 
 
 class Unauthorized(ApiError):
@@ -182,7 +185,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
         return JSONResponse(
-            error_body(exc.code, exc.detail, exc.field), status_code=exc.status_code
+            error_body(exc.code, exc.detail, exc.field, **exc.extra), status_code=exc.status_code
         )
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:

@@ -26,7 +26,14 @@ from producer.status_store import StatusStore
 from producer.template_catalog import TemplateCatalog
 from producer.transitions import Transitions, json_serializer
 
-__all__ = ["Enqueued", "Producer", "json_serializer", "message_id_for", "reconnecting"]
+__all__ = [
+    "CancelResult",
+    "Enqueued",
+    "Producer",
+    "json_serializer",
+    "message_id_for",
+    "reconnecting",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +46,15 @@ class Enqueued:
     key_reused: bool = False
     """The idempotency key names an earlier, different request (``message_id``); nothing
     was enqueued."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What a cancel did: ``cancelled``, or the state that kept it (None: no such message)."""
+
+    message_id: str
+    cancelled: bool
+    state: MessageState | None
 
 
 def reconnecting(
@@ -144,6 +160,7 @@ class Producer:
         if check_templates:
             await self._check_templates(valid)
         ids = []
+        initial: list[str] = []  # each new record's first state: queued, or scheduled
         conversation_key = await self.conversations.key()
         async with self.redis.pipeline(transaction=False) as pipe:
             for request in valid:
@@ -151,6 +168,7 @@ class Producer:
                 ids.append(message_id)
                 payload = request.model_dump(mode="json", exclude_none=True)
                 fields, event = self.statuses.new_record(request, payload)
+                initial.append(fields["state"])
                 fields["conversation_id"] = conversation_id_for(
                     request.phone_number_id, request.wa_id, key=conversation_key
                 )
@@ -168,7 +186,7 @@ class Producer:
             answers = (await pipe.execute())[:-1]
         results = []
         tokens = []
-        for message_id, request, answer in zip(ids, valid, answers, strict=True):
+        for message_id, request, first, answer in zip(ids, valid, initial, answers, strict=True):
             state, token = self.transitions.parse_enqueue(answer)
             if token is not None:
                 tokens.append((request.phone_number_id, token))
@@ -176,7 +194,7 @@ class Producer:
                 Enqueued(
                     message_id,
                     created=state is None,
-                    state=MessageState((state or "queued").removeprefix("!")),
+                    state=MessageState((state or first).removeprefix("!")),
                     key_reused=(state or "").startswith("!"),
                 )
             )
@@ -194,6 +212,27 @@ class Producer:
         ]
         if errors := [e for found in await self.templates.check(templates) for e in found]:
             raise InvalidRequest(errors)
+
+    async def cancel(
+        self, message_id: str | None = None, *, idempotency_key: str | None = None,
+        phone_number_id: str | None = None,
+    ) -> CancelResult:  # fmt: skip
+        """Take a message back before it is handed to Meta (by id, or by idempotency key).
+
+        A scheduled, queued or retrying message becomes ``cancelled`` and its conversation's
+        next message moves up; one sending or later is not touched (``cancelled`` False, with
+        its state).
+        """
+        if message_id is None:
+            if idempotency_key is None or phone_number_id is None:
+                raise ValueError("give message_id, or idempotency_key and phone_number_id")
+            message_id = message_id_for(phone_number_id, idempotency_key)
+        kind, state = await self.transitions.cancel(message_id)
+        if kind == "missing":
+            return CancelResult(message_id, cancelled=False, state=None)
+        if kind == "cancelled":
+            return CancelResult(message_id, cancelled=True, state=MessageState.CANCELLED)
+        return CancelResult(message_id, cancelled=False, state=MessageState(state or "sending"))
 
     async def status(self, message_id: str) -> MessageStatus | None:
         """A message's state and history; None when unknown or past retention."""

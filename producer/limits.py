@@ -18,6 +18,9 @@ a ``:`` in front, within Meta's 512."""
 # The caller's own fields, capped like Stripe's metadata so a request stays small in Redis
 # (it is kept with the status for the retention period, and in any dead letter).
 IDEMPOTENCY_KEY_MAX_CHARS: Final = 255
+SCHEDULE_MAX_AHEAD_S: Final = 30 * 24 * 3600
+"""How far ahead ``send_at`` may be (waq's rule: a status record lives 7 days by default, and
+a month-old plan is better kept by the caller)."""
 METADATA_MAX_KEYS: Final = 50
 METADATA_KEY_MAX_CHARS: Final = 40
 METADATA_VALUE_MAX_CHARS: Final = 500

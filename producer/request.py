@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, AwareDatetime, Field, field_validator
 
 from producer import limits
 from producer._model import ContractModel
@@ -53,6 +55,32 @@ class SendRequest(ContractModel):
         f"most {limits.METADATA_MAX_KEYS} keys of {limits.METADATA_KEY_MAX_CHARS} characters, "
         f"values of {limits.METADATA_VALUE_MAX_CHARS}.",
     )
+
+    send_at: AwareDatetime | None = Field(
+        default=None,
+        description="Send at this time (ISO 8601 with a UTC offset), not before; at most 30 "
+        "days ahead. A time in the past sends now. It can be cancelled until it leaves.",
+    )
+    priority: Literal["interactive", "bulk"] | None = Field(
+        default=None,
+        description="interactive (the default: replies, OTPs) goes ahead of bulk traffic "
+        "from the same number; bulk keeps a share of the number's limit (WAQ_BULK_SHARE).",
+    )
+
+    @field_validator("send_at")
+    @classmethod
+    def _within_a_month(cls, send_at: datetime | None) -> datetime | None:
+        if send_at is not None and send_at.timestamp() - time.time() > limits.SCHEDULE_MAX_AHEAD_S:
+            raise ValueError("send_at is at most 30 days ahead")
+        return send_at
+
+    @property
+    def send_at_s(self) -> float | None:
+        """``send_at`` as a unix time, when it is still ahead (past: send now)."""
+        if self.send_at is None:
+            return None
+        at = self.send_at.timestamp()
+        return at if at > time.time() else None
 
     @property
     def wa_id(self) -> str:

@@ -13,6 +13,8 @@ __all__ = ["FINAL_STATES", "STATE_RANK", "MessageState", "MessageStatus", "Statu
 class MessageState(StrEnum):
     """Where a message is on its way to the customer."""
 
+    SCHEDULED = "scheduled"
+    """Waiting for its ``send_at``; then it joins its conversation, ``queued``."""
     QUEUED = "queued"
     """Enqueued, waiting for a worker (or for a paused number to resume)."""
     SENDING = "sending"
@@ -31,6 +33,8 @@ class MessageState(StrEnum):
     """Meta reported a failure after accepting it; a dead letter follows."""
     DEAD = "dead"
     """It will not be sent: see the dead-letter queue for why and what to do."""
+    CANCELLED = "cancelled"
+    """Taken back before it was handed to Meta; it will not be sent."""
 
 
 FINAL_STATES = frozenset(
@@ -41,11 +45,13 @@ FINAL_STATES = frozenset(
         MessageState.READ,
         MessageState.FAILED,
         MessageState.DEAD,
+        MessageState.CANCELLED,
     }
 )
 """States after which no worker sends the message again."""
 
 STATE_RANK = {
+    MessageState.SCHEDULED: 0,
     MessageState.QUEUED: 0,
     MessageState.SENDING: 1,
     MessageState.RETRYING: 1,
@@ -55,6 +61,7 @@ STATE_RANK = {
     MessageState.READ: 5,
     MessageState.FAILED: 6,
     MessageState.DEAD: 6,
+    MessageState.CANCELLED: 6,
 }
 """A state never moves to a lower rank (statuses arrive late and out of order); the
 worker's own states (ranks 0 and 1) move freely among themselves."""
@@ -94,4 +101,6 @@ class MessageStatus(BaseModel):
     metadata: dict[str, str] = {}
     biz_opaque_callback_data: str | None = None
     """The caller's own value, sent to Meta after waq's id and echoed in its statuses."""
+    send_at: float | None = None
+    """When it was scheduled to leave (unix s), if it was."""
     history: list[StatusEvent] = []

@@ -51,7 +51,13 @@ class StatusStore:
             fields["metadata"] = json.dumps(request.metadata)
         if request.biz_opaque_callback_data is not None:  # for its events, without the request
             fields["callback"] = request.biz_opaque_callback_data
-        event = StatusEvent(at=now, state=MessageState.QUEUED).model_dump_json(exclude_none=True)
+        state = MessageState.QUEUED
+        if (send_at := request.send_at_s) is not None:
+            state = MessageState.SCHEDULED
+            fields["state"], fields["send_at"] = state.value, repr(send_at)
+        if request.priority == "bulk":
+            fields["priority"] = "bulk"
+        event = StatusEvent(at=now, state=state).model_dump_json(exclude_none=True)
         return fields, event
 
     async def message_id_for_wamid(self, wamid: str) -> str | None:
@@ -101,6 +107,7 @@ class StatusStore:
             created_at=float(fields.get("created_at", 0)),
             updated_at=float(fields.get("updated_at") or fields.get("created_at") or 0),
             metadata=json.loads(fields.get("metadata", "{}")),
+            send_at=float(fields["send_at"]) if "send_at" in fields else None,
             biz_opaque_callback_data=_callers_callback(fields.get("request")),
             history=[StatusEvent.model_validate_json(item) for item in history],
         )

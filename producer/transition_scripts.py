@@ -22,6 +22,7 @@ from producer import keys
 from producer.status import FINAL_STATES, STATE_RANK
 
 __all__ = [
+    "CANCEL",
     "CLAIM",
     "DEAD_LETTER",
     "EMIT",
@@ -185,6 +186,22 @@ if state then
   return {state}
 end
 redis.call('HSET', KEYS[1], 'request_hash', ARGV[2], unpack(ARGV, 5))
+local send_at = tonumber(redis.call('HGET', KEYS[1], 'send_at') or '0')
+local now = clock()
+if send_at > now then
+  -- Scheduled: the lane is its timer (scored at send_at); it joins its conversation when the
+  -- time comes (CLAIM), so it holds up nobody before then. Kept for the wait plus retention.
+  local ttl = math.floor(tonumber(ARGV[3]) + send_at - now)
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('HINCRBY', KEYS[5], 'pending', 1)
+  local due = math.floor(send_at * 1000)
+  redis.call('ZADD', KEYS[4], due, ARGV[1])
+  emit_message('message.queued', ARGV[1], KEYS[1], {send_at = send_at})
+  return {'', wake(KEYS[5], due)}
+end
+if send_at > 0 then redis.call('HSET', KEYS[1], 'state', 'queued') end  -- its time just came
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 emit_message('message.queued', ARGV[1], KEYS[1])
 return {'', join(KEYS[3], KEYS[4], KEYS[5], KEYS[2], ARGV[1], ARGV[4], ARGV[3])}
@@ -247,6 +264,20 @@ for _, id in ipairs(due) do
   if not state or FINAL[state] then
     redis.call('ZREM', KEYS[1], id)  -- a leftover: its record expired, or it is final
     if state then finish(pnid, wa, id, now) end
+  elseif state == 'scheduled' then
+    -- Its send_at came: it joins its conversation now, as if enqueued now; as the head it is
+    -- claimed by the next claim, behind others it waits its turn.
+    local order = string.format(ORDER, pnid, wa)
+    local place = redis.call('RPUSH', order, id)
+    redis.call('EXPIRE', order, math.max(redis.call('TTL', key), 60))
+    redis.call('HSET', key, 'state', 'queued', 'updated_at', ARGV[18])
+    redis.call('RPUSH', string.format(HISTORY, id),
+               '{"at":' .. ARGV[18] .. ',"state":"queued","detail":"its send_at came"}')
+    if place == 1 then
+      redis.call('ZADD', KEYS[1], now_ms, id)
+    else
+      redis.call('ZREM', KEYS[1], id)
+    end
   elseif state == 'sending' and now - (tonumber(m[5] or '0') or 0) < tonumber(ARGV[11]) then
     redis.call('ZADD', KEYS[1], math.floor((now + tonumber(ARGV[12])) * 1000), id)
   elseif state == 'sending' and ARGV[14] == 'dead_letter' then
@@ -506,6 +537,34 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[3]) end
 return {'ok'}
+"""
+)
+
+# KEYS: record, history. ARGV: id, history event, now. Takes a message back if it was not yet
+# handed to Meta (scheduled, queued or retrying): it becomes final, ``cancelled``, and its
+# conversation's next message moves up. Returns {'cancelled', token or false, phone_number_id},
+# {'refused', state} or {'missing'}.
+CANCEL: Final = (
+    _PRELUDE
+    + """
+local m = redis.call('HMGET', KEYS[1], 'state', 'phone_number_id', 'to')
+local state = m[1]
+if not state then return {'missing'} end
+if state ~= 'queued' and state ~= 'retrying' and state ~= 'scheduled' then
+  return {'refused', state}
+end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updated_at', ARGV[3])
+redis.call('HDEL', KEYS[1], 'next_attempt_at', 'detail')
+redis.call('RPUSH', KEYS[2], ARGV[2])
+emit_message('message.cancelled', ARGV[1], KEYS[1], {was = state})
+local token = false
+if state == 'scheduled' then  -- never joined its conversation: only the timer goes
+  redis.call('ZREM', string.format(LANE, m[2]), ARGV[1])
+  redis.call('HINCRBY', string.format(JOB, m[2]), 'pending', -1)
+else
+  token = finish(m[2], wa_of(m[3]), ARGV[1])
+end
+return {'cancelled', token, m[2]}
 """
 )
 

@@ -199,6 +199,7 @@ class Transitions:
         self._requeue = redis.register_script(s.REQUEUE)
         self._purge = redis.register_script(s.PURGE)
         self._wake = redis.register_script(s.WAKE_IF_WAITING)
+        self._cancel = redis.register_script(s.CANCEL)
 
     # -- enqueue ------------------------------------------------------------------------
 
@@ -441,6 +442,24 @@ class Transitions:
         if len(answer) > 1 and answer[1] is not None:
             await self.start_lanes([(phone_number_id, _text(answer[1]))])
         return _text(answer[0])
+
+    async def cancel(self, message_id: str, *, detail: str = "cancelled") -> tuple[str, str | None]:
+        """Take a message back before it is handed to Meta.
+
+        Returns (``cancelled``, None), (``refused``, the state it is in: sending or later) or
+        (``missing``, None).
+        """
+        event = StatusEvent(at=time.time(), state=MessageState.CANCELLED, detail=detail)
+        answer = await self._cancel(
+            keys=[keys.message(message_id), keys.message_history(message_id)],
+            args=[message_id, event.model_dump_json(exclude_none=True), repr(time.time())],
+        )
+        kind = _text(answer[0])
+        if kind == "cancelled":
+            if answer[1]:
+                await self.start_lanes([(_text(answer[2]), _text(answer[1]))])
+            return kind, None
+        return kind, _text(answer[1]) if len(answer) > 1 else None
 
     async def purge(self, message_id: str, *, expected_entry: str, detail: str) -> str:
         """Drop a dead letter for good (the message stays ``dead``): ok, missing or changed."""

@@ -1,0 +1,167 @@
+"""Control over queued messages: cancel one not yet handed to Meta, schedule one for later.
+
+Read back as they really are in Redis (records, lanes, order lists, the lane job's pending
+count) and at the sandbox, with real workers sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from typer.testing import CliRunner
+
+from producer import Producer, keys
+from producer.recipient import wa_id_of
+from producer.status import MessageState
+from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient
+from tests.support import CUSTOMER, STRANGER, TEMPLATE, Pipeline, events_in_stream
+from tests.test_gateway import eventually
+from waq.cli import app
+
+PNID = DEFAULT_PHONE_NUMBER_ID
+HANDED_TO_META = {"accepted", "sent", "delivered", "read"}  # Meta's statuses move it on
+
+
+def template(to: str = CUSTOMER, **extra: Any) -> dict[str, Any]:
+    return {"phone_number_id": PNID, "to": to, "message": TEMPLATE, **extra}
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat()
+
+
+async def state_of(redis: Redis, message_id: str) -> str:
+    raw = await redis.hget(keys.message(message_id), "state")
+    return raw.decode() if raw else ""
+
+
+async def test_cancelling_queued_messages_lets_the_conversations_next_one_go(
+    pipeline: Pipeline, redis: Redis, sandbox: SandboxClient
+) -> None:
+    """Three messages to one customer: cancel the head and the middle one; only the third is
+    sent, the lane and order list hold nothing after, the pending count is back to 0, and
+    each cancel is an event."""
+    producer = Producer(redis)
+    first, middle, last = await producer.enqueue_many([template()] * 3)
+    assert (await producer.cancel(middle.message_id)).cancelled
+    assert (await producer.cancel(first.message_id)).cancelled
+    lane = [m.decode() for m in await redis.zrange(keys.lane(PNID), 0, -1)]
+    assert lane == [last.message_id]  # the head moved up
+    await pipeline.run_worker()
+    ledger = await sandbox.ledger()
+    assert [e["biz_opaque_callback_data"] for e in ledger] == [last.message_id]
+    assert await state_of(redis, first.message_id) == "cancelled"
+    assert await state_of(redis, middle.message_id) == "cancelled"
+    assert await redis.exists(keys.order(PNID, wa_id_of(CUSTOMER))) == 0
+    assert await redis.hget(keys.lane_job(PNID), "pending") == b"0"
+    cancelled = await events_in_stream(redis, "message.cancelled")
+    assert [e.data["message_id"] for e in cancelled] == [middle.message_id, first.message_id]
+    assert {e.data["was"] for e in cancelled} == {"queued"}
+    status = await producer.status(first.message_id)
+    assert status is not None
+    assert status.history[-1].state is MessageState.CANCELLED
+
+
+async def test_a_message_handed_to_meta_cannot_be_cancelled(
+    admin: httpx.AsyncClient,
+    pipeline: Pipeline,
+    redis: Redis,
+    redis_url: str,
+    sandbox: SandboxClient,
+) -> None:
+    """Over HTTP: 409 not_cancellable with the state for a sent message, 404 for an unknown
+    id, 200 by idempotency key; `waq cancel` says the same and exits 1 when one is kept."""
+    sent = await pipeline.send(message=TEMPLATE)
+    await pipeline.run_worker()
+    refused = await admin.delete(f"/v1/messages/{sent.message_id}")
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "not_cancellable"
+    assert refused.json()["state"] in HANDED_TO_META
+    assert (await admin.delete("/v1/messages/m_nope")).status_code == 404
+    keyed = await admin.post(
+        "/v1/messages",
+        json={"to": STRANGER, "message": TEMPLATE, "idempotency_key": "order-7"},
+    )
+    by_key = await admin.delete("/v1/messages", params={"idempotency_key": "order-7"})
+    assert by_key.status_code == 200, by_key.text
+    assert by_key.json() == {"id": keyed.json()["id"], "state": "cancelled"}
+    again = await pipeline.send(message=TEMPLATE)
+    result = await asyncio.to_thread(
+        lambda: CliRunner().invoke(
+            app, ["cancel", again.message_id, sent.message_id],
+            env={"WAQ_REDIS_URL": redis_url},
+        )
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert f"{again.message_id}: cancelled" in result.output
+    kept = result.output.splitlines()[1]
+    assert kept.startswith(f"{sent.message_id}: not cancelled, it is ")
+    assert kept.rsplit(" ", 1)[1] in HANDED_TO_META
+
+
+async def test_a_scheduled_message_leaves_on_time_and_holds_nobody_up(
+    redis: Redis, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """Scheduled 3 s ahead: it waits (scheduled), a message enqueued after it to the same
+    customer goes at once, and it reaches Meta within a second of its time."""
+    producer = Producer(redis)
+    send_at = time.time() + 3
+    scheduled = await producer.enqueue(template(send_at=iso(send_at)))
+    assert scheduled.state is MessageState.SCHEDULED
+    now = await producer.enqueue(template())
+
+    async def both_sent() -> bool:
+        return len(await sandbox.ledger()) == 2
+
+    await eventually(both_sent, timeout_s=10)
+    ledger = {e["biz_opaque_callback_data"]: e for e in await sandbox.ledger()}
+    assert ledger[now.message_id]["accepted_at"] < send_at
+    late = ledger[scheduled.message_id]["accepted_at"] - send_at
+    assert 0 <= late < 1.0, late
+    status = await producer.status(scheduled.message_id)
+    assert status is not None
+    assert [e.state for e in status.history][:2] == [MessageState.SCHEDULED, MessageState.QUEUED]
+    assert status.send_at == pytest.approx(send_at, abs=1e-5)  # ISO keeps microseconds
+
+
+async def test_a_scheduled_message_can_be_cancelled_until_it_leaves(
+    redis: Redis, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """Cancelled while scheduled: never sent, out of the lane, pending back to 0."""
+    producer = Producer(redis)
+    scheduled = await producer.enqueue(template(send_at=iso(time.time() + 1.5)))
+    assert await redis.zscore(keys.lane(PNID), scheduled.message_id) is not None
+    assert (await producer.cancel(scheduled.message_id)).cancelled
+    assert await redis.zscore(keys.lane(PNID), scheduled.message_id) is None
+    await asyncio.sleep(2.5)
+    assert await sandbox.ledger() == []
+    assert await state_of(redis, scheduled.message_id) == "cancelled"
+    assert await redis.hget(keys.lane_job(PNID), "pending") == b"0"
+
+
+async def test_send_at_rules(admin: httpx.AsyncClient, redis: Redis) -> None:
+    """More than 30 days ahead is a 422 naming send_at; a time without an offset too; a time
+    in the past is queued to go now."""
+    far = (datetime.now(UTC) + timedelta(days=31)).isoformat()
+    refused = await admin.post("/v1/messages", json={"to": CUSTOMER, "message": TEMPLATE,
+                                                   "send_at": far})  # fmt: skip
+    assert refused.status_code == 422
+    assert refused.json()["field"] == "send_at"
+    naive = await admin.post(
+        "/v1/messages", json={"to": CUSTOMER, "message": TEMPLATE, "send_at": "2026-12-01T09:00"}
+    )
+    assert naive.status_code == 422
+    assert naive.json()["field"] == "send_at"
+    past = await admin.post(
+        "/v1/messages",
+        json={"to": CUSTOMER, "message": TEMPLATE, "send_at": iso(time.time() - 60)},
+    )
+    assert past.status_code == 202
+    assert past.json()["status"] == "queued"
+    assert await state_of(redis, past.json()["id"]) == "queued"
