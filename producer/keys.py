@@ -24,6 +24,7 @@ __all__ = [
     "WEBHOOK_STATES",
     "WEBHOOK_SUBSCRIPTIONS",
     "WINDOWS_CLOSING",
+    "bulk_lane",
     "conversation",
     "dead_letter",
     "lane",
@@ -166,6 +167,14 @@ def lane(phone_number_id: str) -> str:
     come due again. No TTL: emptied as messages become final.
     """
     return f"waq:{{{phone_number_id}}}:lane"
+
+
+def bulk_lane(phone_number_id: str) -> str:
+    """zset, the sender's lane for bulk traffic (``priority: bulk``), as ``lane`` for the rest.
+
+    A claim serves ``lane`` first and gives this its share (``WAQ_BULK_SHARE``).
+    """
+    return lane(phone_number_id) + ":bulk"
 
 
 def lane_job(phone_number_id: str) -> str:

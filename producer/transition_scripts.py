@@ -57,6 +57,11 @@ local function clock()
   return tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 local function wa_of(to) return (string.gsub(to or '', '^%+', '')) end
+-- A message's lane: the bulk lane (keys.bulk_lane) for priority bulk, else the lane.
+local function lane_of(lane, id)
+  if redis.call('HGET', MSG .. id, 'priority') == 'bulk' then return lane .. ':bulk' end
+  return lane
+end
 -- A time as text to the microsecond: Lua's tostring keeps 14 digits, a tenth of a
 -- millisecond for a unix time, and a limiter's next slot rounded down by up to that on every
 -- claim ran 3% fast (992/s against 970/s booked).
@@ -129,12 +134,13 @@ _FINISH: Final = """
 local function finish(pnid, wa, id, now)
   local lane, job = string.format(LANE, pnid), string.format(JOB, pnid)
   redis.call('ZREM', lane, id)
+  redis.call('ZREM', lane .. ':bulk', id)
   local order = string.format(ORDER, pnid, wa)
   if redis.call('LREM', order, 1, id) == 1 then redis.call('HINCRBY', job, 'pending', -1) end
   local head = redis.call('LINDEX', order, 0)
   if not head then return false end
   local now_ms = math.floor((now or clock()) * 1000)
-  redis.call('ZADD', lane, 'NX', now_ms, head)
+  redis.call('ZADD', lane_of(lane, head), 'NX', now_ms, head)
   return wake(job, now_ms)
 end
 """
@@ -149,7 +155,7 @@ local function join(order, lane, job, history, id, event, retention)
   local token = false
   if redis.call('RPUSH', order, id) == 1 then
     local now_ms = math.floor(clock() * 1000)
-    redis.call('ZADD', lane, now_ms, id)
+    redis.call('ZADD', lane_of(lane, id), now_ms, id)
     token = wake(job, now_ms)
   end
   redis.call('EXPIRE', order, retention)
@@ -197,7 +203,7 @@ if send_at > now then
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('HINCRBY', KEYS[5], 'pending', 1)
   local due = math.floor(send_at * 1000)
-  redis.call('ZADD', KEYS[4], due, ARGV[1])
+  redis.call('ZADD', lane_of(KEYS[4], ARGV[1]), due, ARGV[1])
   emit_message('message.queued', ARGV[1], KEYS[1], {send_at = send_at})
   return {'', wake(KEYS[5], due)}
 end
@@ -220,12 +226,12 @@ local function factor(key, recover, now)
 end
 """
 
-# KEYS: lane, lane job, number TAT, number slowdown, paused numbers, configured rates.
+# KEYS: lane, lane job, number TAT, number slowdown, paused numbers, configured rates, bulk lane.
 # ARGV: 1 token, 2 phone_number_id, 3 max batch, 4 horizon s, 5 default mps, 6 safety,
 # 7 pair interval s, 8 pair burst, 9 recover s, 10 app slowdown factor, 11 reconcile wait s,
 # 12 reconcile check s, 13 claim deadline s, 14 ambiguous policy, 15 window s (minus margin),
-# 16 sleep threshold ms, 17 may go idle (1/0), 18 now (unix s) for the record. The history
-# gets its `sending` event when the batch settles, at the time the request really left.
+# 16 sleep threshold ms, 17 may go idle (1/0), 18 now (unix s) for the record, 19 bulk share.
+# The history gets its `sending` event when the batch settles, at the time the request really left.
 # Returns {'stale'} (another job owns the lane), {'paused'}, {'idle'} (lane
 # empty, token given up), {'sleep', ms} (token marked asleep until the next due message),
 # {'wait', ms or nil} (look again in ms; nil: when a batch in flight settles), or
@@ -254,15 +260,34 @@ local deadline = tonumber(ARGV[13])
 local window = tonumber(ARGV[15])
 local out = {'ok', false, false, t6(interval)}
 local blocked = false
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(due) do
+-- Interactive heads first; bulk heads get at least their share of the batch (ARGV[19]) when
+-- both wait, and the whole of it when only bulk waits.
+local batch = tonumber(ARGV[3])
+local fast = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, batch)
+local slow = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms, 'LIMIT', 0, batch)
+local share = tonumber(ARGV[19])
+local due, lanes = {}, {}
+local fi, si, bulk_n = 1, 1, 0
+while #due < batch and (fi <= #fast or si <= #slow) do
+  if si <= #slow and (fi > #fast or bulk_n < share * (#due + 1)) then
+    table.insert(due, slow[si])
+    lanes[#due] = KEYS[7]
+    si, bulk_n = si + 1, bulk_n + 1
+  else
+    table.insert(due, fast[fi])
+    lanes[#due] = KEYS[1]
+    fi = fi + 1
+  end
+end
+for index, id in ipairs(due) do
+  local lane = lanes[index]
   local key = MSG .. id
   local m = redis.call('HMGET', key, 'state', 'attempts', 'to', 'type', 'sending_at', 'request',
                        'detail', 'next_attempt_at', 'error')
   local state, wa = m[1], wa_of(m[3])
   local later = math.floor((now + deadline) * 1000)
   if not state or FINAL[state] then
-    redis.call('ZREM', KEYS[1], id)  -- a leftover: its record expired, or it is final
+    redis.call('ZREM', lane, id)  -- a leftover: its record expired, or it is final
     if state then finish(pnid, wa, id, now) end
   elseif state == 'scheduled' then
     -- Its send_at came: it joins its conversation now, as if enqueued now; as the head it is
@@ -274,24 +299,24 @@ for _, id in ipairs(due) do
     redis.call('RPUSH', string.format(HISTORY, id),
                '{"at":' .. ARGV[18] .. ',"state":"queued","detail":"its send_at came"}')
     if place == 1 then
-      redis.call('ZADD', KEYS[1], now_ms, id)
+      redis.call('ZADD', lane, now_ms, id)
     else
-      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', lane, id)
     end
   elseif state == 'sending' and now - (tonumber(m[5] or '0') or 0) < tonumber(ARGV[11]) then
-    redis.call('ZADD', KEYS[1], math.floor((now + tonumber(ARGV[12])) * 1000), id)
+    redis.call('ZADD', lane, math.floor((now + tonumber(ARGV[12])) * 1000), id)
   elseif state == 'sending' and ARGV[14] == 'dead_letter' then
-    redis.call('ZADD', KEYS[1], later, id)
+    redis.call('ZADD', lane, later, id)
     for _, v in ipairs({'ambiguous', id, m[2] or '0', '0', m[6]}) do table.insert(out, v) end
   elseif m[4] ~= 'template' and now - (tonumber(
       redis.call('GET', string.format(WINDOW, pnid, wa)) or '0') or 0) >= window then
-    redis.call('ZADD', KEYS[1], later, id)
+    redis.call('ZADD', lane, later, id)
     for _, v in ipairs({'closed', id, m[2] or '0', '0', m[6]}) do table.insert(out, v) end
   else
     local pair = string.format(PAIR, pnid, wa)
     local pair_tat = math.max(tonumber(redis.call('GET', pair) or '0'), now)
     if pair_tat - pair_tolerance > now then
-      redis.call('ZADD', KEYS[1], math.ceil((pair_tat - pair_tolerance) * 1000), id)
+      redis.call('ZADD', lane, math.ceil((pair_tat - pair_tolerance) * 1000), id)
       if m[7] ~= PAIR_WAIT then  -- said once per wait, in the record and its history
         redis.call('HSET', key, 'detail', PAIR_WAIT)
         redis.call('RPUSH', string.format(HISTORY, id),
@@ -310,7 +335,7 @@ for _, id in ipairs(due) do
       redis.call('HSET', key, 'state', 'sending', 'attempts', attempt, 'sending_at',
                  t6(now), 'updated_at', ARGV[18])
       if m[7] or m[8] or m[9] then redis.call('HDEL', key, 'next_attempt_at', 'detail', 'error') end
-      redis.call('ZADD', KEYS[1], math.floor((slot + deadline) * 1000), id)
+      redis.call('ZADD', lane, math.floor((slot + deadline) * 1000), id)
       for _, v in ipairs({'send', id, tostring(attempt), tostring(slot - now), m[6]}) do
         table.insert(out, v)
       end
@@ -327,6 +352,8 @@ if #out > 4 then
 end
 if blocked then return {'wait', tostring(math.ceil((tat - horizon) * 1000))} end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local nxt_bulk = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
+if nxt_bulk[1] and (not nxt[1] or tonumber(nxt_bulk[2]) < tonumber(nxt[2])) then nxt = nxt_bulk end
 if not nxt[1] then
   if ARGV[17] == '1' then
     redis.call('HDEL', KEYS[2], 'token', 'until')
@@ -387,7 +414,7 @@ for i = 4, #ARGV, 7 do
         redis.call('HSET', key, field, value)
       end
       log(history, ARGV[i + 4])
-      redis.call('ZADD', string.format(LANE, pnid),
+      redis.call('ZADD', lane_of(string.format(LANE, pnid), id),
                  math.floor((now + tonumber(ARGV[i + 3])) * 1000), id)
       if ARGV[i + 6] == 'unsent' then  -- it never left: its pair slot goes back
         local pair = string.format(PAIR, pnid, wa)
@@ -559,7 +586,7 @@ redis.call('RPUSH', KEYS[2], ARGV[2])
 emit_message('message.cancelled', ARGV[1], KEYS[1], {was = state})
 local token = false
 if state == 'scheduled' then  -- never joined its conversation: only the timer goes
-  redis.call('ZREM', string.format(LANE, m[2]), ARGV[1])
+  redis.call('ZREM', lane_of(string.format(LANE, m[2]), ARGV[1]), ARGV[1])
   redis.call('HINCRBY', string.format(JOB, m[2]), 'pending', -1)
 else
   token = finish(m[2], wa_of(m[3]), ARGV[1])
@@ -568,13 +595,17 @@ return {'cancelled', token, m[2]}
 """
 )
 
-# KEYS: lane (or outbox due), its job. ARGV: arq's job key for its tokens, without the token;
-# '1' to replace a job that exists (a resumed number's, deferred while it was paused). One
-# with messages (events) whose job is gone (its starter died between a step and starting the
-# job, or arq dropped it) or asleep gets a new token; returns it, or nil. The outboxes run
-# the same body after their own helpers.
+# KEYS: lane (or outbox due), its job[, the bulk lane]. ARGV: arq's job key for its tokens,
+# without the token; '1' to replace a job that exists (a resumed number's, deferred while it
+# was paused). One with messages (events) whose job is gone (its starter died between a step
+# and starting the job, or arq dropped it) or asleep gets a new token; returns it, or nil.
+# The outboxes run the same body after their own helpers.
 WAKE_IF_WAITING_BODY: Final = """
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if KEYS[3] then  -- a lane's bulk lane
+  local bulk = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if bulk[1] and (not first[1] or tonumber(bulk[2]) < tonumber(first[2])) then first = bulk end
+end
 if not first[1] then return false end
 local token = redis.call('HGET', KEYS[2], 'token')
 if token and (ARGV[2] == '1' or redis.call('EXISTS', ARGV[1] .. token) == 0) then

@@ -66,6 +66,7 @@ class ClaimLimits:
     ambiguous_policy: Literal["resend", "dead_letter"] = "resend"
     window_s: float = 24 * 3600 - 60.0
     sleep_after_ms: int = 200
+    bulk_share: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +252,11 @@ class Transitions:
         one finds its token stale.
         """
         token = await self._wake(
-            keys=[keys.lane(phone_number_id), keys.lane_job(phone_number_id)],
+            keys=[
+                keys.lane(phone_number_id),
+                keys.lane_job(phone_number_id),
+                keys.bulk_lane(phone_number_id),
+            ],
             args=[keys.ARQ_JOB_PREFIX + lane_job_id(phone_number_id, ""), 1 if replace else 0],
         )
         if token is None:
@@ -274,11 +279,11 @@ class Transitions:
         answer = await self._claim(
             keys=[keys.lane(phone_number_id), keys.lane_job(phone_number_id),
                   keys.number_rate(phone_number_id), keys.slowdown(phone_number_id),
-                  keys.PAUSED_NUMBERS, keys.RATE_LIMITS],
+                  keys.PAUSED_NUMBERS, keys.RATE_LIMITS, keys.bulk_lane(phone_number_id)],
             args=[token, phone_number_id, batch, c.horizon_s, c.default_mps, c.safety,
                   c.pair_interval_s, c.pair_burst, c.recover_s, app_factor, c.reconcile_wait_s,
                   c.reconcile_check_s, c.claim_deadline_s, c.ambiguous_policy, c.window_s,
-                  c.sleep_after_ms, 1 if may_idle else 0, repr(time.time())],
+                  c.sleep_after_ms, 1 if may_idle else 0, repr(time.time()), c.bulk_share],
         )  # fmt: skip
         kind = _text(answer[0])
         if kind in ("sleep", "wait"):

@@ -96,6 +96,8 @@ class RateConfig:
     recover_s: float = 60.0
     max_slowdown: float = 16.0
     slowdown_cooldown_s: float = 1.0
+    bulk_share: float = 0.2
+    """The least share of a number's sends that bulk traffic gets while interactive waits."""
 
 
 class RateLimiter:

@@ -100,13 +100,14 @@ async def read_overview(
         for phone_number_id in senders:
             pipe.hget(keys.lane_job(phone_number_id), "pending")
             pipe.zcount(keys.lane(phone_number_id), "-inf", now_ms)
+            pipe.zcount(keys.bulk_lane(phone_number_id), "-inf", now_ms)
         answers = await pipe.execute()
     pending = {
         phone_number_id: int(count)
-        for phone_number_id, count in zip(senders, answers[::2], strict=True)
+        for phone_number_id, count in zip(senders, answers[::3], strict=True)
         if count is not None and int(count) > 0
     }
-    due = sum(int(count) for count in answers[1::2])
+    due = sum(int(count) for i, count in enumerate(answers) if i % 3)
     throttled = set()
     async for key in redis.scan_iter(match=keys.slowdown("*"), count=1000):
         throttled.add(_text(key).partition("{")[2].partition("}")[0])

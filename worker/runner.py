@@ -135,6 +135,7 @@ def claim_limits(config: WorkerConfig) -> ClaimLimits:
         claim_deadline_s=d.horizon_s + config.graph_timeout_s + 5,
         ambiguous_policy=d.ambiguous_policy,
         window_s=WINDOW_S - config.window_margin_s,
+        bulk_share=r.bulk_share,
     )
 
 
