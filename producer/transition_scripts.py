@@ -260,27 +260,34 @@ local deadline = tonumber(ARGV[13])
 local window = tonumber(ARGV[15])
 local out = {'ok', false, false, t6(interval)}
 local blocked = false
--- Interactive heads first; bulk heads get at least their share of the batch (ARGV[19]) when
--- both wait, and the whole of it when only bulk waits.
+-- Interactive heads first. While both wait, bulk keeps its share (ARGV[19]) of the slots
+-- booked, by a credit kept with the lane's job across claims (a claim in a steady backlog
+-- books one slot, so a share within one claim would give bulk every slot): each interactive
+-- slot adds share / (1 - share), a bulk one takes 1, and bulk goes when the credit is >= 1.
+-- Alone, either kind takes every slot.
 local batch = tonumber(ARGV[3])
 local fast = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, batch)
 local slow = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms, 'LIMIT', 0, batch)
 local share = tonumber(ARGV[19])
-local due, lanes = {}, {}
-local fi, si, bulk_n = 1, 1, 0
-while #due < batch and (fi <= #fast or si <= #slow) do
-  if si <= #slow and (fi > #fast or bulk_n < share * (#due + 1)) then
-    table.insert(due, slow[si])
-    lanes[#due] = KEYS[7]
-    si, bulk_n = si + 1, bulk_n + 1
-  else
-    table.insert(due, fast[fi])
-    lanes[#due] = KEYS[1]
-    fi = fi + 1
+local gain = share < 1 and share / (1 - share) or 1e9
+local credit = tonumber(redis.call('HGET', KEYS[2], 'bulk_credit') or '0')
+local credit_was = credit
+local fi, si, taken = 1, 1, 0
+local function pick()  -- at most a batch of them, as before: the caller has that many calls free
+  if taken >= batch then return nil end
+  taken = taken + 1
+  local both = fi <= #fast and si <= #slow
+  if si <= #slow and (fi > #fast or credit >= 1) then
+    si = si + 1
+    return slow[si - 1], KEYS[7], both
   end
+  if fi > #fast then return nil end
+  fi = fi + 1
+  return fast[fi - 1], KEYS[1], both
 end
-for index, id in ipairs(due) do
-  local lane = lanes[index]
+while true do
+  local id, lane, both = pick()
+  if not id then break end
   local key = MSG .. id
   local m = redis.call('HMGET', key, 'state', 'attempts', 'to', 'type', 'sending_at', 'request',
                        'detail', 'next_attempt_at', 'error')
@@ -336,6 +343,7 @@ for index, id in ipairs(due) do
                  t6(now), 'updated_at', ARGV[18])
       if m[7] or m[8] or m[9] then redis.call('HDEL', key, 'next_attempt_at', 'detail', 'error') end
       redis.call('ZADD', lane, math.floor((slot + deadline) * 1000), id)
+      if both then credit = lane == KEYS[7] and credit - 1 or credit + gain end
       for _, v in ipairs({'send', id, tostring(attempt), tostring(slot - now), m[6]}) do
         table.insert(out, v)
       end
@@ -345,6 +353,7 @@ end
 if tat > now then
   redis.call('SET', KEYS[3], t6(tat), 'PX', math.ceil((tat - now + interval) * 1000) + 1000)
 end
+if credit ~= credit_was then redis.call('HSET', KEYS[2], 'bulk_credit', t6(credit)) end
 if #out > 4 then
   out[2] = tostring(tat - now)
   out[3] = t6(now)

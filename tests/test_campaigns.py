@@ -165,3 +165,34 @@ async def test_send_at_rules(admin: httpx.AsyncClient, redis: Redis) -> None:
     assert past.status_code == 202
     assert past.json()["status"] == "queued"
     assert await state_of(redis, past.json()["id"]) == "queued"
+
+
+async def test_interactive_messages_go_ahead_of_a_bulk_backlog_which_keeps_its_share(
+    redis: Redis, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """At 20 mps, 100 bulk messages (5 s of work) then 10 interactive ones: the interactive
+    ones reach Meta before the bulk backlog is done, within about a second, and bulk still
+    gets at least its share (0.2) of the sends meanwhile."""
+    await redis.hset(keys.RATE_LIMITS, PNID, "20")
+    producer = Producer(redis)
+    bulk = await producer.enqueue_many(
+        [template(f"+1650556{i:04d}", priority="bulk") for i in range(100)]
+    )
+    await asyncio.sleep(1.0)
+    started = time.time()
+    interactive = await producer.enqueue_many([template(f"+1650557{i:04d}") for i in range(10)])
+
+    async def interactive_sent() -> bool:
+        sent = {e["biz_opaque_callback_data"] for e in await sandbox.ledger()}
+        return all(m.message_id in sent for m in interactive)
+
+    await eventually(interactive_sent, timeout_s=10)
+    ledger = await sandbox.ledger()
+    at = {e["biz_opaque_callback_data"]: e["accepted_at"] for e in ledger}
+    last_interactive = max(at[m.message_id] for m in interactive)
+    assert last_interactive - started < 1.5
+    assert len([m for m in bulk if m.message_id in at]) < 100  # the backlog was not done
+    between = [e for e in ledger if started <= e["accepted_at"] <= last_interactive]
+    bulk_ids = {m.message_id for m in bulk}
+    bulk_between = [e for e in between if e["biz_opaque_callback_data"] in bulk_ids]
+    assert len(bulk_between) >= 0.2 * len(between) - 1, (len(bulk_between), len(between))

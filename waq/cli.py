@@ -143,6 +143,7 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
             pair_interval_s=settings.pair_interval_s,
             pair_burst=settings.pair_burst,
             safety=settings.rate_safety,
+            bulk_share=settings.bulk_share,
             recover_s=settings.throttle_recover_s,
         ),
     )

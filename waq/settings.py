@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     pair_burst: int = Field(
         default=45, ge=1, description="Messages to one customer at once before spacing (Meta: 45)."
     )
+    bulk_share: float = Field(
+        default=0.2,
+        ge=0.01,
+        le=1.0,
+        description="The least share of a number's sends that bulk traffic (priority bulk, "
+        "broadcasts) gets while interactive messages wait.",
+    )
     rate_safety: float = Field(
         default=0.03, ge=0, lt=0.5, description="Fraction below each number's limit waq aims at."
     )
