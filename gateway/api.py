@@ -23,6 +23,13 @@ from gateway.health import HealthReport, run_health_check
 from gateway.kapso import is_kapso_message, kapso_to_meta
 from gateway.state import GatewayState, gateway_state, require_api_key
 from producer import limits
+from producer.broadcasts import (
+    BroadcastProgress,
+    Broadcasts,
+    BroadcastSpec,
+    Recipient,
+    recipients_from_csv,
+)
 from producer.client import message_id_for
 from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest
 from producer.messages import Message, TemplateMessage
@@ -290,6 +297,73 @@ async def get_message(message_id: str, state: State) -> MessageStatus:
     if status is None:
         raise NotFound("no such message (or past its retention)", code="message_not_found")
     return status
+
+
+class BroadcastIn(_Strict):
+    """A template to many recipients, given as JSON or as CSV.
+
+    CSV: a ``to`` column, then one column per body parameter. A file with a bad row is refused
+    whole, every bad row named.
+    """
+
+    phone_number_id: str | None = None
+    template: str = Field(min_length=1, max_length=512)
+    language: str = "en_US"
+    recipients: list[Recipient] | None = None
+    csv: str | None = Field(default=None, max_length=8 * 1024 * 1024)
+    send_at: AwareDatetime | None = None
+    name: str = Field(default="", max_length=200)
+
+
+@router.post("/broadcasts", status_code=202, summary="Send a template to many recipients")
+async def create_broadcast(body: BroadcastIn, state: State) -> BroadcastProgress:
+    """Every recipient's message is queued as bulk traffic.
+
+    The same upload twice is one broadcast: each recipient's idempotency key derives from it.
+    """
+    if (body.recipients is None) == (body.csv is None):
+        raise InvalidRequest([FieldError("recipients", "one_of", "give recipients or csv")])
+    recipients = body.recipients if body.recipients is not None else recipients_from_csv(
+        body.csv or ""
+    )  # fmt: skip
+    try:
+        spec = BroadcastSpec(
+            phone_number_id=_sender(state, body.phone_number_id), template=body.template,
+            language=body.language, recipients=recipients, send_at=body.send_at, name=body.name,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise InvalidRequest.from_validation_error(exc) from None
+    broadcast, _ = await Broadcasts(state.producer).create(spec)
+    return broadcast
+
+
+@router.get("/broadcasts/{broadcast_id}", summary="A broadcast's progress and funnel")
+async def get_broadcast(broadcast_id: str, state: State) -> BroadcastProgress:
+    """How many of its messages were queued, sent, delivered, read, failed, dead, cancelled."""
+    return await _broadcast(state, broadcast_id)
+
+
+@router.post("/broadcasts/{broadcast_id}/{action}", summary="Pause, resume or cancel a broadcast")
+async def broadcast_action(broadcast_id: str, action: str, state: State) -> BroadcastProgress:
+    """pause: its unsent messages wait; resume; cancel: every unsent message is cancelled."""
+    broadcasts = Broadcasts(state.producer)
+    await _broadcast(state, broadcast_id)
+    if action == "pause":
+        await broadcasts.pause(broadcast_id)
+    elif action == "resume":
+        await broadcasts.resume(broadcast_id)
+    elif action == "cancel":
+        await broadcasts.cancel(broadcast_id)
+    else:
+        raise NotFound(f"no broadcast action {action!r}", code="unknown_action")
+    return await _broadcast(state, broadcast_id)
+
+
+async def _broadcast(state: GatewayState, broadcast_id: str) -> BroadcastProgress:
+    found = await Broadcasts(state.producer).get(broadcast_id)
+    if found is None:
+        raise NotFound(f"no broadcast {broadcast_id}", code="broadcast_not_found")
+    return found
 
 
 class Cancelled(BaseModel):

@@ -158,7 +158,7 @@ class Producer:
         if not valid:
             return []
         if check_templates:
-            await self._check_templates(valid)
+            await self.check_templates(valid)
         ids = []
         initial: list[str] = []  # each new record's first state: queued, or scheduled
         conversation_key = await self.conversations.key()
@@ -203,7 +203,7 @@ class Producer:
         await self.transitions.start_lanes(tokens)
         return results
 
-    async def _check_templates(self, requests: list[SendRequest]) -> None:
+    async def check_templates(self, requests: list[SendRequest]) -> None:
         """Refuse templates the synced catalog says Meta would refuse (a 132xxx dead letter)."""
         templates = [
             (f"[{index}]." if len(requests) > 1 else "", request.message.template)

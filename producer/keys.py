@@ -24,6 +24,8 @@ __all__ = [
     "WEBHOOK_STATES",
     "WEBHOOK_SUBSCRIPTIONS",
     "WINDOWS_CLOSING",
+    "broadcast",
+    "broadcast_messages",
     "bulk_lane",
     "conversation",
     "dead_letter",
@@ -175,6 +177,20 @@ def bulk_lane(phone_number_id: str) -> str:
     A claim serves ``lane`` first and gives this its share (``WAQ_BULK_SHARE``).
     """
     return lane(phone_number_id) + ":bulk"
+
+
+def broadcast(broadcast_id: str) -> str:
+    """hash, a broadcast: ``spec`` (JSON), ``total``, ``state``, and its funnel; no TTL.
+
+    ``state`` is active, paused or cancelled. The funnel (queued, sent, delivered, read, failed,
+    dead, cancelled, and ``done``: left the queue for good) is counted by the transition scripts.
+    """
+    return f"waq:bc:{broadcast_id}"
+
+
+def broadcast_messages(broadcast_id: str) -> str:
+    """set, the message ids of a broadcast (for cancelling it); no TTL."""
+    return f"waq:bc:{broadcast_id}:ids"
 
 
 def lane_job(phone_number_id: str) -> str:

@@ -57,6 +57,8 @@ class StatusStore:
             fields["state"], fields["send_at"] = state.value, repr(send_at)
         if request.priority == "bulk":
             fields["priority"] = "bulk"
+        if broadcast := request.metadata.get("broadcast_id"):  # its funnel counts this message
+            fields["broadcast"] = broadcast
         event = StatusEvent(at=now, state=state).model_dump_json(exclude_none=True)
         return fields, event
 

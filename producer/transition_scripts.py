@@ -77,12 +77,35 @@ local function t6(x) return string.format('%.6f', x) end
 # encoded.
 EMIT: Final = f"""
 local EVENTS = '{keys.EVENTS}'
+local BROADCAST = '{keys.broadcast("")}'
 local function emit(kind, data)
   redis.call('XADD', EVENTS, '*', 'type', kind, 'data', cjson.encode(data))
 end
+-- A broadcast's funnel, counted where its messages' transitions happen.
+local STEP = {{['message.queued'] = 'queued', ['message.sent'] = 'sent',
+  ['message.delivered'] = 'delivered', ['message.read'] = 'read', ['message.failed'] = 'failed',
+  ['message.dead_lettered'] = 'dead', ['message.cancelled'] = 'cancelled'}}
+local function count_step(broadcast, kind, late_failure)
+  local bc = BROADCAST .. broadcast
+  if redis.call('EXISTS', bc) == 0 then return end  -- a caller's own broadcast_id tag
+  if STEP[kind] then redis.call('HINCRBY', bc, STEP[kind], 1) end
+  local done = 0
+  if kind == 'message.requeued' then redis.call('HINCRBY', bc, 'done', -1) end
+  if kind == 'message.sent' or kind == 'message.cancelled'
+      or (kind == 'message.dead_lettered' and not late_failure) then
+    done = redis.call('HINCRBY', bc, 'done', 1)
+  end
+  local total = tonumber(redis.call('HGET', bc, 'total') or '-1')
+  if done > 0 and done == total then
+    local f = redis.call('HMGET', bc, 'sent', 'dead', 'cancelled')
+    emit('broadcast.finished', {{broadcast_id = broadcast, total = total,
+         sent = tonumber(f[1] or '0'), dead = tonumber(f[2] or '0'),
+         cancelled = tonumber(f[3] or '0')}})
+  end
+end
 local function emit_message(kind, id, key, extra)
   local m = redis.call('HMGET', key, 'phone_number_id', 'to', 'conversation_id', 'metadata',
-                       'callback', 'wamid')
+                       'callback', 'wamid', 'broadcast')
   local parts = {{'{{"message_id":"', id, '"'}}
   if m[1] then table.insert(parts, ',"phone_number_id":"' .. m[1] .. '"') end
   if m[2] then table.insert(parts, ',"to":"' .. m[2] .. '"') end
@@ -97,6 +120,10 @@ local function emit_message(kind, id, key, extra)
   end
   table.insert(parts, '}}')
   redis.call('XADD', EVENTS, '*', 'type', kind, 'data', table.concat(parts))
+  if m[7] then
+    local late = extra and type(extra.error) == 'table' and extra.error.source == 'status webhook'
+    count_step(m[7], kind, late)
+  end
 end
 local function dead_lettered(id, key, raw)
   local e = cjson.decode(raw)
@@ -290,10 +317,13 @@ while true do
   if not id then break end
   local key = MSG .. id
   local m = redis.call('HMGET', key, 'state', 'attempts', 'to', 'type', 'sending_at', 'request',
-                       'detail', 'next_attempt_at', 'error')
+                       'detail', 'next_attempt_at', 'error', 'broadcast')
   local state, wa = m[1], wa_of(m[3])
   local later = math.floor((now + deadline) * 1000)
-  if not state or FINAL[state] then
+  if m[10] and (state == 'queued' or state == 'retrying')
+      and redis.call('HGET', BROADCAST .. m[10], 'state') == 'paused' then
+    redis.call('ZADD', lane, now_ms + 1000, id)  -- its broadcast is paused: look again in 1 s
+  elseif not state or FINAL[state] then
     redis.call('ZREM', lane, id)  -- a leftover: its record expired, or it is final
     if state then finish(pnid, wa, id, now) end
   elseif state == 'scheduled' then

@@ -196,3 +196,96 @@ async def test_interactive_messages_go_ahead_of_a_bulk_backlog_which_keeps_its_s
     bulk_ids = {m.message_id for m in bulk}
     bulk_between = [e for e in between if e["biz_opaque_callback_data"] in bulk_ids]
     assert len(bulk_between) >= 0.2 * len(between) - 1, (len(bulk_between), len(between))
+
+
+# -- broadcasts ----------------------------------------------------------------------------
+
+
+def csv_of(numbers: list[str]) -> str:
+    return "to,name\n" + "".join(f"{n},Customer {i}\n" for i, n in enumerate(numbers))
+
+
+async def test_a_broadcast_reaches_each_recipient_once_with_a_funnel_that_matches_meta(
+    admin: httpx.AsyncClient, redis: Redis, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """A 30-recipient CSV broadcast of a template with one body parameter: each recipient gets
+    its own parameter once, the same upload again queues nothing, the funnel matches the
+    sandbox's ledger, and the broadcast's start and finish are events."""
+    numbers = [f"+1650558{i:04d}" for i in range(30)]
+    body = {"template": "waq_followup", "language": "en_US", "csv": csv_of(numbers)}
+    made = await admin.post("/v1/broadcasts", json=body)
+    assert made.status_code == 202, made.text
+    broadcast_id = made.json()["id"]
+    assert made.json()["total"] == 30
+    again = await admin.post("/v1/broadcasts", json=body)
+    assert again.json()["id"] == broadcast_id
+
+    async def finished() -> bool:
+        return bool((await admin.get(f"/v1/broadcasts/{broadcast_id}")).json()["finished"])
+
+    await eventually(finished, timeout_s=20)
+    ledger = await sandbox.ledger()
+    assert sorted(e["wa_id"] for e in ledger) == sorted(n[1:] for n in numbers)
+    texts = {e["wa_id"]: e["body"]["template"]["components"][0]["parameters"][0]["text"]
+             for e in ledger}  # fmt: skip
+    assert texts[numbers[7][1:]] == "Customer 7"
+
+    async def all_read() -> bool:
+        funnel = (await admin.get(f"/v1/broadcasts/{broadcast_id}")).json()["funnel"]
+        return bool(funnel["read"] == 30)
+
+    await eventually(all_read, timeout_s=20)
+    funnel = (await admin.get(f"/v1/broadcasts/{broadcast_id}")).json()["funnel"]
+    assert funnel == {"queued": 30, "sent": len(ledger), "delivered": 30, "read": 30,
+                      "failed": 0, "dead": 0, "cancelled": 0}  # fmt: skip
+    started = await events_in_stream(redis, "broadcast.started")
+    done = await events_in_stream(redis, "broadcast.finished")
+    assert [e.data["broadcast_id"] for e in started] == [broadcast_id]
+    assert [(e.data["broadcast_id"], e.data["sent"]) for e in done] == [(broadcast_id, 30)]
+
+
+async def test_a_csv_with_bad_rows_is_refused_whole(admin: httpx.AsyncClient, redis: Redis) -> None:
+    """Two bad rows among good ones: a 422 naming both rows and why; nothing queued."""
+    text = "to,name\n+16505550001,Ann\nnot-a-number,Bob\n+16505550003,\n+16505550004,Dee\n"
+    refused = await admin.post("/v1/broadcasts", json={"template": "waq_followup", "csv": text})
+    assert refused.status_code == 422
+    fields = [e["field"] for e in refused.json()["errors"]]
+    assert fields == ["csv.row 3", "csv.row 4"]
+    assert await redis.zcard(keys.bulk_lane(PNID)) == 0
+    assert await redis.xlen(keys.EVENTS) == 0
+
+
+async def test_cancelling_a_broadcast_half_way_cancels_exactly_the_unsent_rest(
+    admin: httpx.AsyncClient, redis: Redis, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """At 10 mps, 60 recipients; paused, nothing more is sent; resumed, it goes on; cancelled
+    half way, the unsent remainder is cancelled: sent + cancelled = 60, and the ledger holds
+    exactly the sent ones."""
+    await redis.hset(keys.RATE_LIMITS, PNID, "10")
+    numbers = [f"+1650559{i:04d}" for i in range(60)]
+    recipients = [{"to": n, "parameters": ["x"]} for n in numbers]
+    made = await admin.post("/v1/broadcasts", json={"template": "waq_followup",
+                                                    "recipients": recipients})  # fmt: skip
+    broadcast_id = made.json()["id"]
+    await asyncio.sleep(1.0)
+    await admin.post(f"/v1/broadcasts/{broadcast_id}/pause")
+    await asyncio.sleep(1.0)  # what was already claimed drains
+    held = len(await sandbox.ledger())
+    await asyncio.sleep(1.5)
+    assert len(await sandbox.ledger()) == held  # paused: nothing more
+    await admin.post(f"/v1/broadcasts/{broadcast_id}/resume")
+    await asyncio.sleep(1.5)
+    assert len(await sandbox.ledger()) > held
+    cancelled = (await admin.post(f"/v1/broadcasts/{broadcast_id}/cancel")).json()
+
+    async def settled() -> bool:
+        b = (await admin.get(f"/v1/broadcasts/{broadcast_id}")).json()
+        return bool(b["finished"])
+
+    await eventually(settled, timeout_s=20)
+    final = (await admin.get(f"/v1/broadcasts/{broadcast_id}")).json()
+    ledger = await sandbox.ledger()
+    assert cancelled["state"] == "cancelled"
+    assert final["funnel"]["sent"] == len(ledger)
+    assert final["funnel"]["sent"] + final["funnel"]["cancelled"] == 60
+    assert 0 < final["funnel"]["cancelled"] < 60
