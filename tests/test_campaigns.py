@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -289,3 +290,23 @@ async def test_cancelling_a_broadcast_half_way_cancels_exactly_the_unsent_rest(
     assert final["funnel"]["sent"] == len(ledger)
     assert final["funnel"]["sent"] + final["funnel"]["cancelled"] == 60
     assert 0 < final["funnel"]["cancelled"] < 60
+
+
+async def test_waq_broadcast_create_queues_a_csv_and_watches_it_to_the_end(
+    redis_url: str, sandbox: SandboxClient, running_worker: None, tmp_path: Path
+) -> None:
+    """`waq broadcast create --csv` queues it and prints the funnel until it is done."""
+    numbers = [f"+1650550{i:04d}" for i in range(8)]
+    path = tmp_path / "recipients.csv"
+    path.write_text(csv_of(numbers))
+    result = await asyncio.to_thread(
+        lambda: CliRunner().invoke(
+            app, ["broadcast", "create", "--template", "waq_followup", "--csv", str(path),
+                  "--phone-number-id", PNID],
+            env={"WAQ_REDIS_URL": redis_url},
+        )
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "8 recipients queued" in result.output
+    assert "8/8 done" in result.output.splitlines()[-1]
+    assert len(await sandbox.ledger()) == 8

@@ -22,6 +22,7 @@ from sandbox import (
     sender_ids,
 )
 from sandbox.webhooks import WABA_ID
+from waq.broadcast import broadcast
 from waq.cancel import cancel
 from waq.demo import run_demo
 from waq.dlq import dlq
@@ -300,6 +301,7 @@ app.add_typer(dlq, name="dlq")
 app.add_typer(limits, name="limits")
 app.add_typer(templates, name="templates")
 app.add_typer(webhooks, name="webhooks")
+app.add_typer(broadcast, name="broadcast")
 app.add_typer(events, name="events")
 app.command()(cancel)
 app.command()(pause)
