@@ -33,6 +33,7 @@ from producer.broadcasts import (
 from producer.client import message_id_for
 from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest
 from producer.messages import Message, TemplateMessage
+from producer.opt_outs import OptOuts
 from producer.recipient import normalize_recipient, wa_id_of
 from producer.request import MetadataKey, MetadataValue, SendRequest
 from producer.status import MessageStatus
@@ -364,6 +365,49 @@ async def _broadcast(state: GatewayState, broadcast_id: str) -> BroadcastProgres
     if found is None:
         raise NotFound(f"no broadcast {broadcast_id}", code="broadcast_not_found")
     return found
+
+
+class OptOutsOut(BaseModel):
+    """A sender's opt-out list."""
+
+    phone_number_id: str
+    customers: list[str]
+
+
+@router.get("/opt-outs", summary="A sender's opt-out list")
+async def list_opt_outs(
+    state: State, phone_number_id: Annotated[str | None, Query()] = None
+) -> OptOutsOut:
+    """Customers who wrote a stop keyword, were reported by Meta (131050), or were added."""
+    sender = _sender(state, phone_number_id)
+    return OptOutsOut(phone_number_id=sender, customers=await OptOuts(state.redis).all(sender))
+
+
+@router.put("/opt-outs/{customer}", summary="Opt a customer out")
+async def add_opt_out(
+    customer: str, state: State, phone_number_id: Annotated[str | None, Query()] = None
+) -> dict[str, Any]:
+    """Marketing templates to them are refused from now on (an ``optout.added`` event)."""
+    sender = _sender(state, phone_number_id)
+    added = await OptOuts(state.redis).add(sender, _customer(customer))
+    return {"phone_number_id": sender, "customer": _customer(customer), "changed": added}
+
+
+@router.delete("/opt-outs/{customer}", summary="Opt a customer back in")
+async def remove_opt_out(
+    customer: str, state: State, phone_number_id: Annotated[str | None, Query()] = None
+) -> dict[str, Any]:
+    """They may get marketing templates again (an ``optout.removed`` event)."""
+    sender = _sender(state, phone_number_id)
+    removed = await OptOuts(state.redis).remove(sender, _customer(customer))
+    return {"phone_number_id": sender, "customer": _customer(customer), "changed": removed}
+
+
+def _customer(customer: str) -> str:
+    try:
+        return normalize_recipient(customer)
+    except ValueError as exc:
+        raise InvalidRequest([FieldError("customer", "phone_number", str(exc))]) from None
 
 
 class Cancelled(BaseModel):

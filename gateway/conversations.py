@@ -63,13 +63,17 @@ class ConversationStore:
         at: float,
         profile_name: str | None,
         message_json: str,
+        keyword: tuple[str | None, str] = (None, ""),
     ) -> None:
-        """Queue a customer's message: its window, its conversation, and their events."""
+        """Queue a customer's message: its window, its conversation, and their events.
+
+        ``keyword``: ("out" or "in", the word) when the message is an opt-out or opt-in keyword.
+        """
         await self._receive(
             keys=[keys.window(phone_number_id, wa_id), keys.WINDOWS_CLOSING,
                   keys.conversation(conversation_id)],
             args=[at, WINDOW_S, conversation_id, phone_number_id, wa_id, profile_name or "",
-                  message_json, repr(time.time())],
+                  message_json, repr(time.time()), keyword[0] or "", keyword[1]],
             client=pipe,
         )  # fmt: skip
 

@@ -17,6 +17,7 @@ from gateway.metrics import QueueMetrics
 from gateway.webhooks import WebhookProcessor
 from producer import keys
 from producer.client import Producer, json_serializer, reconnecting
+from producer.opt_outs import DEFAULT_OPT_IN_KEYWORDS, DEFAULT_OPT_OUT_KEYWORDS
 from producer.status_store import StatusStore
 from worker.dead_letters import DeadLetterStore
 from worker.pauses import PauseStore
@@ -51,6 +52,8 @@ class GatewayConfig:
     health_timeout_s: float = 15.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     conversation_key: str | None = None  # None: a random key kept in Redis per deployment
+    opt_out_keywords: tuple[str, ...] = DEFAULT_OPT_OUT_KEYWORDS
+    opt_in_keywords: tuple[str, ...] = DEFAULT_OPT_IN_KEYWORDS
 
 
 @dataclass(slots=True)
@@ -91,6 +94,8 @@ class GatewayState:
             conversations=self.conversations,
             dead_letters=self.dead_letters,
             pauses=PauseStore(self.redis),
+            opt_out_keywords=self.config.opt_out_keywords,
+            opt_in_keywords=self.config.opt_in_keywords,
         )
         self.metrics = QueueMetrics(
             self.redis, queue_name=self.config.queue_name, default_mps=self.config.default_mps

@@ -23,6 +23,7 @@ from redis.exceptions import WatchError
 from gateway.conversations import ConversationStore
 from producer import keys
 from producer.events import EventType
+from producer.opt_outs import DEFAULT_OPT_IN_KEYWORDS, DEFAULT_OPT_OUT_KEYWORDS, keyword_action
 from producer.request import message_id_of_callback
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
@@ -125,8 +126,12 @@ class WebhookProcessor:
         conversations: ConversationStore,
         dead_letters: DeadLetterStore,
         pauses: PauseStore,
+        opt_out_keywords: tuple[str, ...] = DEFAULT_OPT_OUT_KEYWORDS,
+        opt_in_keywords: tuple[str, ...] = DEFAULT_OPT_IN_KEYWORDS,
     ) -> None:
         self.redis = redis
+        self.opt_out_keywords = opt_out_keywords
+        self.opt_in_keywords = opt_in_keywords
         self.statuses = statuses
         self.windows = windows
         self.conversations = conversations
@@ -233,11 +238,16 @@ class WebhookProcessor:
             log.warning("webhook.malformed", kind="message", id=_text_or_none(message_id))
             return
         conversation_id = await self.conversations.id_for(phone_number_id, wa_id)
+        text = _dict(message.get("text")).get("body") or _dict(message.get("button")).get("text")
+        keyword = keyword_action(
+            text if isinstance(text, str) else None,
+            opt_out=self.opt_out_keywords, opt_in=self.opt_in_keywords,
+        )  # fmt: skip
 
         async def apply(pipe: Pipeline) -> None:
             await self.conversations.receive_into(
                 pipe, conversation_id, phone_number_id, wa_id,
-                at=at, profile_name=profile_name, message_json=encoded,
+                at=at, profile_name=profile_name, message_json=encoded, keyword=keyword,
             )  # fmt: skip
 
         if await self._apply_once("message", str(message_id), apply) is None:

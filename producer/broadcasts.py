@@ -34,7 +34,9 @@ __all__ = [
     "recipients_from_csv",
 ]
 
-FUNNEL: Final = ("queued", "sent", "delivered", "read", "failed", "dead", "cancelled")
+FUNNEL: Final = (
+    "queued", "sent", "delivered", "read", "failed", "dead", "cancelled", "opted_out",
+)  # fmt: skip
 """The funnel's counters, each a count of messages that reached that step."""
 
 _CHUNK: Final = 500
@@ -188,18 +190,33 @@ class Broadcasts:
         )  # fmt: skip
         key = keys.broadcast(broadcast_id)
         created = bool(await self.redis.hsetnx(key, "spec", broadcast.model_dump_json()))  # type: ignore[misc]
+        # Recipients on the sender's opt-out list are counted, not sent (and count as done).
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request in requests:
+                pipe.sismember(keys.opt_outs(spec.phone_number_id), request["to"].lstrip("+"))
+            opted = await pipe.execute()
+        requests = [r for r, out in zip(requests, opted, strict=True) if not out]
         if created:
-            await self.redis.hset(key, "total", str(len(requests)))  # type: ignore[misc]
+            skipped = sum(1 for out in opted if out)
+            await self.redis.hset(key, mapping={  # type: ignore[misc]
+                "total": str(len(opted)), "opted_out": str(skipped), "done": str(skipped),
+            })  # fmt: skip
             data = {
                 "broadcast_id": broadcast_id, "phone_number_id": spec.phone_number_id,
-                "template": spec.template, "total": len(requests), "send_at": send_at,
+                "template": spec.template, "total": len(opted), "opted_out": skipped,
+                "send_at": send_at,
             }  # fmt: skip
             await self.redis.xadd(
                 keys.EVENTS, {"type": "broadcast.started", "data": json.dumps(data)}
             )
+            if not requests:  # every recipient opted out: done already
+                finished = {"broadcast_id": broadcast_id, "total": len(opted), "sent": 0}
+                await self.redis.xadd(
+                    keys.EVENTS, {"type": "broadcast.finished", "data": json.dumps(finished)}
+                )
         for start in range(0, len(requests), _CHUNK):
-            queued = await self.producer.enqueue_many(
-                requests[start : start + _CHUNK], check_templates=False
+            queued = await self.producer.enqueue_many(  # both checked above, once for all
+                requests[start : start + _CHUNK], check_templates=False, check_opt_outs=False
             )
             await self.redis.sadd(  # type: ignore[misc]
                 keys.broadcast_messages(broadcast_id), *(q.message_id for q in queued)

@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import keys
 from producer.conversation_ids import ConversationIds, conversation_id_for
-from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest
+from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest, OptedOut
 from producer.messages import TemplateMessage
 from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus
@@ -146,19 +146,23 @@ class Producer:
         requests: Iterable[SendRequest | Mapping[str, Any]],
         *,
         check_templates: bool = True,
+        check_opt_outs: bool = True,
     ) -> list[Enqueued]:
         """Validate all, then enqueue all in one round trip; one invalid request enqueues none.
 
         ``InvalidRequest`` names each bad field with the request's index: ``[3].to``. A
         request whose idempotency key was used for a different request is not enqueued: its
         answer says ``key_reused`` (and names the first message). ``check_templates=False``
-        skips the catalog check, for a caller that checked each request itself.
+        skips the catalog check, for a caller that checked each request itself;
+        ``check_opt_outs=False`` the opt-out list (a broadcast leaves those recipients out).
         """
         valid = _validate_all(list(requests))
         if not valid:
             return []
         if check_templates:
             await self.check_templates(valid)
+        if check_opt_outs:
+            await self.check_opt_outs(valid)
         ids = []
         initial: list[str] = []  # each new record's first state: queued, or scheduled
         conversation_key = await self.conversations.key()
@@ -212,6 +216,39 @@ class Producer:
         ]
         if errors := [e for found in await self.templates.check(templates) for e in found]:
             raise InvalidRequest(errors)
+
+    async def check_opt_outs(self, requests: list[SendRequest]) -> None:
+        """Refuse marketing templates (by the synced catalog) to customers who opted out.
+
+        One round trip, only when the batch holds templates; a catalog never synced knows no
+        categories, and then nothing is refused.
+        """
+        templated = [
+            (index, request)
+            for index, request in enumerate(requests)
+            if isinstance(request.message, TemplateMessage)
+        ]
+        if not templated:
+            return
+        categories = await self.templates.categories([r.message.template for _, r in templated])  # type: ignore[union-attr]
+        marketing = [
+            (index, request)
+            for (index, request), category in zip(templated, categories, strict=True)
+            if (category or "").upper() == "MARKETING"
+        ]
+        if not marketing:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, request in marketing:
+                pipe.sismember(keys.opt_outs(request.phone_number_id), request.wa_id)
+            members = await pipe.execute()
+        prefix = len(requests) > 1
+        if errors := [
+            FieldError(f"[{index}].to" if prefix else "to", "opted_out",
+                       f"{request.to} opted out of marketing messages from this number")
+            for (index, request), out in zip(marketing, members, strict=True) if out
+        ]:  # fmt: skip
+            raise OptedOut(errors)
 
     async def cancel(
         self, message_id: str | None = None, *, idempotency_key: str | None = None,

@@ -5,7 +5,8 @@ renders them as ``{"error": code, "detail": ..., "field": ...}``) never parse me
 
     WaqError                         code: str
     ├── InvalidRequest               a send request broke a contract rule (lists every field)
-    │   └── IdempotencyKeyReused     the key names an earlier, different request
+    │   ├── IdempotencyKeyReused     the key names an earlier, different request
+    │   └── OptedOut                 a marketing template to a customer who said STOP
     ├── ConfigurationError           this process is set up unlike the deployment it joins
     └── (worker.errors)              delivery errors live beside the code that raises them:
         ├── GraphError               Meta answered with an error body
@@ -20,7 +21,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pydantic
 
-__all__ = ["ConfigurationError", "FieldError", "IdempotencyKeyReused", "InvalidRequest", "WaqError"]
+__all__ = [
+    "ConfigurationError",
+    "FieldError",
+    "IdempotencyKeyReused",
+    "InvalidRequest",
+    "OptedOut",
+    "WaqError",
+]
 
 
 class WaqError(Exception):
@@ -108,6 +116,12 @@ class IdempotencyKeyReused(InvalidRequest):
                 )
             ]
         )
+
+
+class OptedOut(InvalidRequest):
+    """A marketing template to a customer on the sender's opt-out list; nothing was enqueued."""
+
+    code = "opted_out"
 
 
 def _is_union_tag(part: str | int) -> bool:

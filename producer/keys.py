@@ -33,6 +33,7 @@ __all__ = [
     "lane_job",
     "message",
     "message_history",
+    "opt_outs",
     "subscription",
     "wamid",
     "webhook_delivery",
@@ -191,6 +192,11 @@ def broadcast(broadcast_id: str) -> str:
 def broadcast_messages(broadcast_id: str) -> str:
     """set, the message ids of a broadcast (for cancelling it); no TTL."""
     return f"waq:bc:{broadcast_id}:ids"
+
+
+def opt_outs(phone_number_id: str) -> str:
+    """set, the customers (wa_ids) who told this sender to stop; no TTL: START removes one."""
+    return f"waq:{{{phone_number_id}}}:optouts"
 
 
 def lane_job(phone_number_id: str) -> str:

@@ -116,6 +116,14 @@ class TemplateCatalog:
             for (prefix, template), entry in zip(templates, raw[1:], strict=True)
         ]
 
+    async def categories(self, templates: list[Template]) -> list[str | None]:
+        """Each template's category by the catalog (MARKETING, UTILITY...), None if unknown."""
+        if not templates:
+            return []
+        wanted = [f"{t.name}:{t.language.code}" for t in templates]
+        raw = await self.redis.hmget(keys.TEMPLATES, wanted)  # type: ignore[misc]
+        return [json.loads(entry).get("category") if entry else None for entry in raw]
+
     async def _names(self) -> set[str]:
         keys_ = await self.redis.hkeys(keys.TEMPLATES)  # type: ignore[misc]
         return {_text(k).rsplit(":", 1)[0] for k in keys_ if _text(k)}

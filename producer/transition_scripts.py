@@ -29,6 +29,7 @@ __all__ = [
     "ENQUEUE",
     "INBOUND",
     "OPEN_WINDOW",
+    "OPT_OUT",
     "PURGE",
     "RECORD",
     "RECORD_WINDOW",
@@ -78,6 +79,7 @@ local function t6(x) return string.format('%.6f', x) end
 EMIT: Final = f"""
 local EVENTS = '{keys.EVENTS}'
 local BROADCAST = '{keys.broadcast("")}'
+local OPTOUTS = '{keys.opt_outs("%s")}'
 local function emit(kind, data)
   redis.call('XADD', EVENTS, '*', 'type', kind, 'data', cjson.encode(data))
 end
@@ -125,8 +127,30 @@ local function emit_message(kind, id, key, extra)
     count_step(m[7], kind, late)
   end
 end
+-- A customer joins or leaves a sender's opt-out list; an event only when the list changed.
+local function opt_out(pnid, wa, add, data)
+  local changed
+  if add then
+    changed = redis.call('SADD', string.format(OPTOUTS, pnid), wa)
+  else
+    changed = redis.call('SREM', string.format(OPTOUTS, pnid), wa)
+  end
+  if changed == 1 then
+    data.phone_number_id, data.wa_id, data.customer = pnid, wa, '+' .. wa
+    emit(add and 'optout.added' or 'optout.removed', data)
+  end
+  return changed
+end
 local function dead_lettered(id, key, raw)
   local e = cjson.decode(raw)
+  if type(e.error) == 'table' and tonumber(e.error.code) == 131050 then
+    -- Meta: the user stopped marketing messages from this number.
+    local who = redis.call('HMGET', key, 'phone_number_id', 'to')
+    local pnid, to = who[1] or e.phone_number_id, who[2] or e.to
+    if pnid and to then
+      opt_out(pnid, (string.gsub(to, '^%+', '')), true, {{reason = 'meta_131050'}})
+    end
+  end
   local function extra(fields)
     if redis.call('HEXISTS', key, 'phone_number_id') == 0 then  -- the record expired
       fields.phone_number_id, fields.to = e.phone_number_id, e.to
@@ -606,6 +630,12 @@ return {'ok'}
 """
 )
 
+# KEYS: none. ARGV: phone_number_id, wa_id, 'add' or 'remove', reason. An operator's (or a
+# service's) change to the opt-out list. Returns 1 changed, 0 already so.
+OPT_OUT: Final = (
+    _FORMATS + EMIT + "return opt_out(ARGV[1], ARGV[2], ARGV[3] == 'add', {reason = ARGV[4]})"
+)
+
 # KEYS: record, history. ARGV: id, history event, now. Takes a message back if it was not yet
 # handed to Meta (scheduled, queued or retrying): it becomes final, ``cancelled``, and its
 # conversation's next message moves up. Returns {'cancelled', token or false, phone_number_id},
@@ -679,7 +709,8 @@ RECORD_WINDOW: Final = (
 
 # KEYS: window, closing-soon index, conversation. ARGV: 1 Meta's time of the message (unix
 # s), 2 window s, 3 conversation id, 4 phone_number_id, 5 wa_id, 6 profile name or '',
-# 7 the message's JSON (as Meta sent it), 8 now. A customer's message: the window, the
+# 7 the message's JSON (as Meta sent it), 8 now, 9 'out' / 'in' / '' (an opt-out or opt-in
+# keyword), 10 the keyword. A customer's message: the window, the
 # conversation (created on its first message), and their events. The message goes into its
 # event as it came (spliced, not re-encoded: cjson would turn [] into {}).
 INBOUND: Final = (
@@ -705,6 +736,10 @@ if opened > 0 then who.window_closes_at = at + window_s end
 local head = cjson.encode(who)
 redis.call('XADD', EVENTS, '*', 'type', 'message.received',
            'data', string.sub(head, 1, -2) .. ',"message":' .. ARGV[7] .. '}')
+if ARGV[9] ~= '' then  -- an opt-out or opt-in keyword (STOP, START...)
+  opt_out(pnid, wa, ARGV[9] == 'out', {reason = 'keyword', keyword = ARGV[10],
+                                       conversation_id = ARGV[3]})
+end
 return opened
 """
 )

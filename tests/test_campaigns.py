@@ -18,8 +18,10 @@ from redis.asyncio import Redis
 from typer.testing import CliRunner
 
 from producer import Producer, keys
+from producer.opt_outs import OptOuts
 from producer.recipient import wa_id_of
 from producer.status import MessageState
+from producer.template_catalog import CatalogTemplate, TemplateCatalog
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient
 from tests.support import CUSTOMER, STRANGER, TEMPLATE, Pipeline, events_in_stream
 from tests.test_gateway import eventually
@@ -310,3 +312,99 @@ async def test_waq_broadcast_create_queues_a_csv_and_watches_it_to_the_end(
     assert "8 recipients queued" in result.output
     assert "8/8 done" in result.output.splitlines()[-1]
     assert len(await sandbox.ledger()) == 8
+
+
+# -- opt-outs ------------------------------------------------------------------------------
+
+PROMO = {"type": "template", "template": {"name": "promo", "language": {"code": "en_US"}}}
+
+
+async def catalog_with_a_marketing_template(redis: Redis) -> None:
+    """The catalog as a sync writes it: the sandbox's templates, and one MARKETING one."""
+    await TemplateCatalog(redis).replace([
+        CatalogTemplate("hello_world", "en_US", "APPROVED", "UTILITY", 0),
+        CatalogTemplate("waq_followup", "en_US", "APPROVED", "MARKETING", 1),
+        CatalogTemplate("promo", "en_US", "APPROVED", "MARKETING", 0),
+    ])  # fmt: skip
+
+
+async def test_stop_opts_a_customer_out_of_marketing_and_start_back_in(
+    admin: httpx.AsyncClient, redis: Redis
+) -> None:
+    """A customer writes "stop": they are on the list (an event says why); a marketing template
+    to them is a 422 opted_out naming `to`, a utility one still goes; "START" takes them off."""
+    await catalog_with_a_marketing_template(redis)
+    customer = "+16505550111"
+    await admin.post("/v1/sandbox/inbound", json={"from": customer, "text": " Stop! "})
+
+    async def listed() -> bool:
+        found = (await admin.get("/v1/opt-outs")).json()["customers"]
+        return customer in found
+
+    await eventually(listed)
+    [added] = await events_in_stream(redis, "optout.added")
+    assert added.data["customer"] == customer
+    assert added.data["reason"] == "keyword"
+    assert added.data["keyword"] == "STOP"
+    refused = await admin.post("/v1/messages", json={"to": customer, "message": PROMO})
+    assert refused.status_code == 422
+    assert refused.json()["error"] == "opted_out"
+    assert refused.json()["field"] == "to"
+    utility = await admin.post("/v1/messages", json={"to": customer, "message": TEMPLATE})
+    assert utility.status_code == 202
+    await admin.post("/v1/sandbox/inbound", json={"from": customer, "text": "START"})
+
+    async def off() -> bool:
+        return customer not in (await admin.get("/v1/opt-outs")).json()["customers"]
+
+    await eventually(off)
+    assert (await events_in_stream(redis, "optout.removed"))[0].data["keyword"] == "START"
+    again = await admin.post("/v1/messages", json={"to": customer, "message": PROMO})
+    assert again.status_code == 202
+
+
+async def test_metas_131050_opts_the_customer_out(
+    admin: httpx.AsyncClient, redis: Redis, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """Meta accepts a template, then fails it by webhook with 131050 (the user stopped
+    marketing messages): the message is dead-lettered and the customer joins the list."""
+    customer = "+16505550112"
+    await sandbox.set_recipient(customer[1:], async_failure_code=131050)
+    sent = await admin.post("/v1/messages", json={"to": customer, "message": TEMPLATE})
+    assert sent.status_code == 202
+
+    async def listed() -> bool:
+        return await OptOuts(redis).contains(PNID, customer)
+
+    await eventually(listed, timeout_s=10)
+    [added] = await events_in_stream(redis, "optout.added")
+    assert added.data["reason"] == "meta_131050"
+    assert added.data["customer"] == customer
+    status = (await admin.get(f"/v1/messages/{sent.json()['id']}")).json()
+    assert status["state"] == "dead"
+
+
+async def test_a_broadcast_counts_opted_out_recipients_and_sends_them_nothing(
+    admin: httpx.AsyncClient, redis: Redis, sandbox: SandboxClient, running_worker: None
+) -> None:
+    """Two of ten recipients opted out (by an operator, over HTTP): the funnel says 2 opted
+    out, 8 sent, the broadcast finishes, and the two are not in Meta's ledger."""
+    numbers = [f"+1650553{i:04d}" for i in range(10)]
+    for number in numbers[:2]:
+        assert (await admin.put(f"/v1/opt-outs/{number}")).json()["changed"] is True
+    made = await admin.post(
+        "/v1/broadcasts", json={"template": "waq_followup", "csv": csv_of(numbers)}
+    )
+    broadcast_id = made.json()["id"]
+    assert made.json()["funnel"]["opted_out"] == 2
+
+    async def finished() -> bool:
+        return bool((await admin.get(f"/v1/broadcasts/{broadcast_id}")).json()["finished"])
+
+    await eventually(finished, timeout_s=15)
+    funnel = (await admin.get(f"/v1/broadcasts/{broadcast_id}")).json()["funnel"]
+    assert funnel["sent"] == 8
+    assert funnel["opted_out"] == 2
+    sent_to = {e["wa_id"] for e in await sandbox.ledger()}
+    assert not sent_to & {n[1:] for n in numbers[:2]}
+    assert (await admin.delete(f"/v1/opt-outs/{numbers[0]}")).json()["changed"] is True

@@ -30,6 +30,7 @@ from waq.embedded import redis_for
 from waq.loadtest import LoadTestRefused
 from waq.loadtest_run import LoadRun, Via
 from waq.ops import limits, pause, resume, status
+from waq.optouts import optouts
 from waq.settings import Settings
 from waq.templates import templates
 from waq.webhooks import events, webhooks
@@ -294,6 +295,8 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         conversation_key=(
             settings.conversation_key.get_secret_value() if settings.conversation_key else None
         ),
+        opt_out_keywords=tuple(settings.opt_out_keywords),
+        opt_in_keywords=tuple(settings.opt_in_keywords),
     )
 
 
@@ -302,6 +305,7 @@ app.add_typer(limits, name="limits")
 app.add_typer(templates, name="templates")
 app.add_typer(webhooks, name="webhooks")
 app.add_typer(broadcast, name="broadcast")
+app.add_typer(optouts, name="optouts")
 app.add_typer(events, name="events")
 app.command()(cancel)
 app.command()(pause)

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, RedisDsn, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from producer.opt_outs import DEFAULT_OPT_IN_KEYWORDS, DEFAULT_OPT_OUT_KEYWORDS
 from worker.webhook_sender import DEFAULT_RETRY_SCHEDULE_S
 
 __all__ = ["Settings"]
@@ -82,6 +83,15 @@ class Settings(BaseSettings):
     )
     pair_burst: int = Field(
         default=45, ge=1, description="Messages to one customer at once before spacing (Meta: 45)."
+    )
+    opt_out_keywords: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_OPT_OUT_KEYWORDS),
+        description="Comma-separated words that, as a customer's whole message, opt them out "
+        "of the sender's marketing (any case).",
+    )
+    opt_in_keywords: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_OPT_IN_KEYWORDS),
+        description="Comma-separated words that opt a customer back in.",
     )
     bulk_share: float = Field(
         default=0.2,
@@ -197,7 +207,14 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("api_keys", "admin_keys", "webhook_retry_schedule", mode="before")
+    @field_validator(
+        "api_keys",
+        "admin_keys",
+        "webhook_retry_schedule",
+        "opt_out_keywords",
+        "opt_in_keywords",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
