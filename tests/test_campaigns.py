@@ -240,7 +240,7 @@ async def test_a_broadcast_reaches_each_recipient_once_with_a_funnel_that_matche
     await eventually(all_read, timeout_s=20)
     funnel = (await admin.get(f"/v1/broadcasts/{broadcast_id}")).json()["funnel"]
     assert funnel == {"queued": 30, "sent": len(ledger), "delivered": 30, "read": 30,
-                      "failed": 0, "dead": 0, "cancelled": 0}  # fmt: skip
+                      "failed": 0, "dead": 0, "cancelled": 0, "opted_out": 0}  # fmt: skip
     started = await events_in_stream(redis, "broadcast.started")
     done = await events_in_stream(redis, "broadcast.finished")
     assert [e.data["broadcast_id"] for e in started] == [broadcast_id]

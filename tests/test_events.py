@@ -199,15 +199,22 @@ async def test_a_flaky_receiver_gets_every_event_in_order_per_conversation(
 
     await until(all_read, timeout_s=60)
     started = time.monotonic()
-    emitted = {e.id: e for e in await events_in_stream(redis)}
+    emitted: dict[str, Event] = {}
 
-    async def all_arrived() -> bool:
+    async def all_arrived() -> bool:  # every event in the stream, read afresh each time
+        emitted.clear()
+        emitted.update((e.id, e) for e in await events_in_stream(redis))
         return emitted.keys() <= receiver.unique_events().keys()
 
-    await until(all_arrived, timeout_s=90)
+    try:
+        await until(all_arrived, timeout_s=90)
+    except AssertionError:
+        missing = emitted.keys() - receiver.unique_events().keys()
+        raise AssertionError(f"never arrived: {sorted(missing)[:10]} of {len(missing)}; "
+                             f"answers {receiver.answers}") from None  # fmt: skip
     drained_s = time.monotonic() - started
     unique = receiver.unique_events()
-    assert unique.keys() == emitted.keys()
+    assert unique.keys() == emitted.keys(), sorted(unique.keys() ^ emitted.keys())
     for event_id, body in unique.items():
         assert Event.model_validate(body) == emitted[event_id]
     # Per conversation, first arrivals follow the stream's order.
