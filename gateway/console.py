@@ -1,4 +1,4 @@
-"""The operators' web console at ``/console``: dead letters, numbers, webhooks, health check.
+"""The operators' console at ``/console``: dead letters, numbers, broadcasts, webhooks, health.
 
 Server-rendered Jinja pages and plain HTML forms, no front-end build. Every change to the
 dead-letter queue goes through a confirmation page that lists what will move; the move itself
@@ -32,6 +32,7 @@ from gateway.errors import ApiError
 from gateway.health import run_health_check
 from gateway.state import GatewayState, gateway_state
 from producer import keys
+from producer.broadcasts import Broadcasts
 from producer.errors import WaqError
 from producer.recipient import normalize_recipient
 from worker.dead_letters import DeadLetter, DeadLetterFilter, MoveResult, move_each
@@ -319,6 +320,42 @@ async def resume(
     notice = f"{phone_number_id} {'resumed' if resumed else 'was not paused'}."
     return RedirectResponse(
         "/console/numbers?" + urllib.parse.urlencode({"notice": notice}), status_code=303
+    )
+
+
+@console_router.get("/broadcasts")
+async def broadcasts(
+    request: Request, state: State, session: Session, notice: str = ""
+) -> HTMLResponse:
+    found = await Broadcasts(state.producer).recent(20)
+    return page(request, "broadcasts.html", session, broadcasts=found, notice=notice)
+
+
+@console_router.post("/broadcasts/{broadcast_id}/{action}")
+async def broadcast_action(
+    state: State,
+    session: Session,
+    broadcast_id: str,
+    action: str,
+    csrf: Annotated[str, Form()],
+) -> Response:
+    """Pause, resume or cancel a broadcast, then back to the list with a notice."""
+    check_csrf(session, csrf)
+    store = Broadcasts(state.producer)
+    if await store.get(broadcast_id) is None:
+        raise ApiError(f"no broadcast {broadcast_id}", code="broadcast_not_found", status_code=404)
+    if action == "pause":
+        await store.pause(broadcast_id)
+        notice = f"{broadcast_id} paused: its unsent messages wait."
+    elif action == "resume":
+        await store.resume(broadcast_id)
+        notice = f"{broadcast_id} resumed."
+    elif action == "cancel":
+        notice = f"{broadcast_id}: {await store.cancel(broadcast_id)} unsent messages cancelled."
+    else:
+        raise ApiError(f"no action {action!r}", code="unknown_action", status_code=404)
+    return RedirectResponse(
+        "/console/broadcasts?" + urllib.parse.urlencode({"notice": notice}), status_code=303
     )
 
 

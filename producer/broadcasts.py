@@ -201,6 +201,7 @@ class Broadcasts:
             await self.redis.hset(key, mapping={  # type: ignore[misc]
                 "total": str(len(opted)), "opted_out": str(skipped), "done": str(skipped),
             })  # fmt: skip
+            await self.redis.zadd(keys.BROADCASTS, {broadcast_id: broadcast.created_at})
             data = {
                 "broadcast_id": broadcast_id, "phone_number_id": spec.phone_number_id,
                 "template": spec.template, "total": len(opted), "opted_out": skipped,
@@ -240,6 +241,12 @@ class Broadcasts:
             **broadcast.model_dump(), funnel=funnel, done=done,
             finished=done >= broadcast.total,
         )  # fmt: skip
+
+    async def recent(self, limit: int = 20) -> list[BroadcastProgress]:
+        """The newest broadcasts, newest first."""
+        ids = await self.redis.zrevrange(keys.BROADCASTS, 0, limit - 1)
+        found = [await self.get(_text(i)) for i in ids]
+        return [b for b in found if b is not None]
 
     async def pause(self, broadcast_id: str) -> bool:
         """Hold its messages not yet sent (they wait in the lane); False if unknown."""

@@ -9,6 +9,7 @@ from typing import Final
 
 __all__ = [
     "ARQ_JOB_PREFIX",
+    "BROADCASTS",
     "CONVERSATION_KEY_CONFIGURED",
     "DEAD_LETTERS",
     "DEAD_LETTER_COUNTS",
@@ -187,6 +188,10 @@ def broadcast(broadcast_id: str) -> str:
     dead, cancelled, and ``done``: left the queue for good) is counted by the transition scripts.
     """
     return f"waq:bc:{broadcast_id}"
+
+
+BROADCASTS: Final = "waq:broadcasts"
+"""zset, every broadcast id scored by when it was created (unix s); no TTL."""
 
 
 def broadcast_messages(broadcast_id: str) -> str:

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from gateway import GatewayConfig, create_app
 from gateway.console_auth import COOKIE
+from producer.broadcasts import Broadcasts, BroadcastSpec, Recipient
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
 from tests.receiver import ReceiverServer
 from tests.support import CUSTOMER, STRANGER, Pipeline
@@ -241,6 +242,35 @@ async def test_a_failing_subscription_is_seen_and_replayed_from_the_console(
         await asyncio.sleep(0.05)
     [event] = receiver.unique_events().values()
     assert event["data"]["message_id"] == queued.message_id
+
+
+async def test_a_broadcast_is_watched_and_cancelled_from_the_console(
+    page: Page, pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """The broadcasts page charts a broadcast's funnel; Cancel (after a confirm) cancels its
+    unsent messages, and the chart says how many."""
+    recipients = [Recipient(to=f"+1650554{i:04d}") for i in range(5)]
+    made, _ = await Broadcasts(pipeline.producer).create(
+        BroadcastSpec(
+            phone_number_id=DEFAULT_PHONE_NUMBER_ID,
+            template="hello_world",
+            recipients=recipients,
+            name="spring sale",
+        )
+    )
+    await sign_in(page)
+    await page.goto("/console/broadcasts")
+    section = page.locator(f"section[data-broadcast='{made.id}']")
+    assert "spring sale" in await section.inner_text()
+    assert await section.locator("text[data-step='queued']").text_content() == "5"
+    await shot(page, "08-broadcast")
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await section.locator("button", has_text="Cancel").click()
+    await page.wait_for_selector("[role=status]")
+    assert "5 unsent messages cancelled" in await page.inner_text("[role=status]")
+    section = page.locator(f"section[data-broadcast='{made.id}']")
+    assert await section.locator("text[data-step='cancelled']").text_content() == "5"
+    assert await sandbox.ledger() == []
 
 
 async def test_health_check_then_a_test_message(

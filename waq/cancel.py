@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from producer.broadcasts import Broadcasts
 from producer.client import CancelResult, Producer
 from waq._command import open_redis, run
 from waq.settings import Settings
@@ -24,6 +25,9 @@ def cancel(
     phone_number_id: Annotated[
         str | None, typer.Option(help="The sender of --key (WAQ_DEFAULT_PHONE_NUMBER_ID).")
     ] = None,
+    broadcast: Annotated[
+        str | None, typer.Option(help="Every unsent message of this broadcast.")
+    ] = None,
 ) -> None:
     """Cancel scheduled, queued or retrying messages; one already sending is left alone."""
     settings = Settings()
@@ -33,8 +37,8 @@ def cancel(
             "error: --key needs --phone-number-id (or WAQ_DEFAULT_PHONE_NUMBER_ID)", err=True
         )
         raise typer.Exit(2)
-    if not message_ids and not key:
-        typer.echo("error: give message ids, or --key", err=True)
+    if not message_ids and not key and not broadcast:
+        typer.echo("error: give message ids, --key or --broadcast", err=True)
         raise typer.Exit(2)
 
     async def go() -> list[CancelResult]:
@@ -48,6 +52,12 @@ def cancel(
             results = [await producer.cancel(m) for m in message_ids or []]
             for k in key or []:
                 results.append(await producer.cancel(idempotency_key=k, phone_number_id=sender))
+            if broadcast is not None:
+                cancelled = await Broadcasts(producer).cancel(broadcast)
+                if cancelled is None:
+                    typer.echo(f"error: no broadcast {broadcast}", err=True)
+                    raise typer.Exit(1)
+                typer.echo(f"{broadcast}: {cancelled} unsent messages cancelled")
             return results
         finally:
             await redis.aclose()
