@@ -314,6 +314,9 @@ class BroadcastIn(_Strict):
     csv: str | None = Field(default=None, max_length=8 * 1024 * 1024)
     send_at: AwareDatetime | None = None
     name: str = Field(default="", max_length=200)
+    share: float | None = Field(
+        default=None, gt=0, le=1, description="At most this share of the number's limit."
+    )
 
 
 @router.post("/broadcasts", status_code=202, summary="Send a template to many recipients")
@@ -331,6 +334,7 @@ async def create_broadcast(body: BroadcastIn, state: State) -> BroadcastProgress
         spec = BroadcastSpec(
             phone_number_id=_sender(state, body.phone_number_id), template=body.template,
             language=body.language, recipients=recipients, send_at=body.send_at, name=body.name,
+            share=body.share,
         )  # fmt: skip
     except ValidationError as exc:
         raise InvalidRequest.from_validation_error(exc) from None

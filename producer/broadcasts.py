@@ -59,6 +59,11 @@ class BroadcastSpec(BaseModel):
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     send_at: AwareDatetime | None = None
     name: str = Field(default="", max_length=200)
+    share: float | None = Field(
+        default=None, gt=0, le=1,
+        description="At most this share of the number's limit (None: what interactive "
+        "traffic leaves, and at least WAQ_BULK_SHARE).",
+    )  # fmt: skip
 
     @field_validator("recipients")
     @classmethod
@@ -117,6 +122,7 @@ class Broadcast(BaseModel):
     total: int
     created_at: float
     send_at: float | None = None
+    share: float | None = None
     state: Literal["active", "paused", "cancelled"] = "active"
 
 
@@ -186,7 +192,7 @@ class Broadcasts:
         broadcast = Broadcast(
             id=broadcast_id, phone_number_id=spec.phone_number_id, template=spec.template,
             language=spec.language, name=spec.name, total=len(requests),
-            created_at=time.time(), send_at=send_at,
+            created_at=time.time(), send_at=send_at, share=spec.share,
         )  # fmt: skip
         key = keys.broadcast(broadcast_id)
         created = bool(await self.redis.hsetnx(key, "spec", broadcast.model_dump_json()))  # type: ignore[misc]
@@ -198,9 +204,10 @@ class Broadcasts:
         requests = [r for r, out in zip(requests, opted, strict=True) if not out]
         if created:
             skipped = sum(1 for out in opted if out)
-            await self.redis.hset(key, mapping={  # type: ignore[misc]
-                "total": str(len(opted)), "opted_out": str(skipped), "done": str(skipped),
-            })  # fmt: skip
+            counters = {"total": str(len(opted)), "opted_out": str(skipped), "done": str(skipped)}
+            if spec.share is not None:  # the claim spaces its messages by it
+                counters["share"] = repr(spec.share)
+            await self.redis.hset(key, mapping=counters)  # type: ignore[misc]
             await self.redis.zadd(keys.BROADCASTS, {broadcast_id: broadcast.created_at})
             data = {
                 "broadcast_id": broadcast_id, "phone_number_id": spec.phone_number_id,

@@ -344,8 +344,9 @@ while true do
                        'detail', 'next_attempt_at', 'error', 'broadcast')
   local state, wa = m[1], wa_of(m[3])
   local later = math.floor((now + deadline) * 1000)
-  if m[10] and (state == 'queued' or state == 'retrying')
-      and redis.call('HGET', BROADCAST .. m[10], 'state') == 'paused' then
+  local bc = m[10] and redis.call('HMGET', BROADCAST .. m[10], 'state', 'share', 'tat')
+  local bc_tat = bc and bc[2] and tonumber(bc[3] or '0') or 0
+  if bc and bc[1] == 'paused' and (state == 'queued' or state == 'retrying') then
     redis.call('ZADD', lane, now_ms + 1000, id)  -- its broadcast is paused: look again in 1 s
   elseif not state or FINAL[state] then
     redis.call('ZREM', lane, id)  -- a leftover: its record expired, or it is final
@@ -383,12 +384,20 @@ while true do
         redis.call('RPUSH', string.format(HISTORY, id),
                    '{"at":' .. ARGV[18] .. ',"state":"queued","detail":"' .. PAIR_WAIT .. '"}')
       end
+    elseif bc_tat > tat then
+      -- Its broadcast has a share of the number (``share``) and used it: its turn comes at
+      -- the broadcast's own next slot. Other messages take this slot.
+      redis.call('ZADD', lane, math.ceil(bc_tat * 1000), id)
     elseif tat > horizon then
       blocked = true
       break
     else
       local slot = tat
       tat = slot + interval
+      if bc and bc[2] then
+        redis.call('HSET', BROADCAST .. m[10], 'tat',
+                   t6(math.max(bc_tat, slot) + interval / tonumber(bc[2])))
+      end
       local pair_next = math.max(pair_tat, slot) + pair_interval
       redis.call('SET', pair, t6(pair_next), 'PX',
                  math.ceil((pair_next - now) * 1000) + 1000)

@@ -88,6 +88,9 @@ def create(
         datetime | None, typer.Option(help="Send at this time (ISO 8601, with an offset).")
     ] = None,
     name: Annotated[str, typer.Option(help="A name for operators.")] = "",
+    share: Annotated[
+        float | None, typer.Option(help="At most this share of the number's limit (0-1).")
+    ] = None,
     watch: Annotated[bool, typer.Option(help="Show its progress until it is done.")] = True,
 ) -> None:
     """Queue the broadcast (a CSV with a bad row is refused whole), then watch it."""
@@ -100,6 +103,7 @@ def create(
         spec = BroadcastSpec(
             phone_number_id=sender, template=template, language=language,
             recipients=recipients_from_csv(csv.read_text()), send_at=send_at, name=name,
+            share=share,
         )  # fmt: skip
     except InvalidRequest as exc:
         for error in exc.errors:
