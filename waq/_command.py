@@ -11,11 +11,12 @@ import typer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from producer.client import Producer
 from producer.status_store import StatusStore
 from waq.settings import Settings
 from worker.dead_letters import DeadLetterStore
 
-__all__ = ["dead_letter_store", "open_redis", "parse_age", "run"]
+__all__ = ["dead_letter_store", "open_redis", "parse_age", "producer_for", "run"]
 
 T = TypeVar("T")
 
@@ -36,6 +37,15 @@ def open_redis(settings: Settings) -> Redis:
     """A connection for one command (closed by the command)."""
     redis: Redis = Redis.from_url(str(settings.redis_url), socket_timeout=30)  # never hang
     return redis
+
+
+def producer_for(redis: Redis, settings: Settings) -> Producer:
+    """A producer as the gateway builds one: the queue, the retention, the conversation key."""
+    key = settings.conversation_key
+    return Producer(
+        redis, queue_name=settings.queue_name, retention_s=settings.status_retention_s,
+        conversation_key=key.get_secret_value() if key else None,
+    )  # fmt: skip
 
 
 def dead_letter_store(redis: Redis, settings: Settings) -> DeadLetterStore:

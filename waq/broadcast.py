@@ -14,9 +14,8 @@ import typer
 from pydantic import ValidationError
 
 from producer.broadcasts import BroadcastProgress, Broadcasts, BroadcastSpec, recipients_from_csv
-from producer.client import Producer
 from producer.errors import InvalidRequest
-from waq._command import open_redis, run
+from waq._command import open_redis, producer_for, run
 from waq.settings import Settings
 
 __all__ = ["broadcast"]
@@ -34,11 +33,7 @@ def _with(work: Callable[[Broadcasts], Awaitable[T]]) -> T:
 
     async def go() -> T:
         redis = open_redis(settings)
-        key = settings.conversation_key
-        producer = Producer(
-            redis, queue_name=settings.queue_name, retention_s=settings.status_retention_s,
-            conversation_key=key.get_secret_value() if key else None,
-        )  # fmt: skip
+        producer = producer_for(redis, settings)
         try:
             return await work(Broadcasts(producer))
         finally:

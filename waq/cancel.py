@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from producer.broadcasts import Broadcasts
-from producer.client import CancelResult, Producer
-from waq._command import open_redis, run
+from producer.client import CancelResult
+from waq._command import open_redis, producer_for, run
 from waq.settings import Settings
 
 __all__ = ["cancel"]
@@ -43,11 +43,7 @@ def cancel(
 
     async def go() -> list[CancelResult]:
         redis = open_redis(settings)
-        key_ = settings.conversation_key
-        producer = Producer(
-            redis, queue_name=settings.queue_name, retention_s=settings.status_retention_s,
-            conversation_key=key_.get_secret_value() if key_ else None,
-        )  # fmt: skip
+        producer = producer_for(redis, settings)
         try:
             results = [await producer.cancel(m) for m in message_ids or []]
             for k in key or []:
