@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus
 from producer.status_store import StatusStore
 from producer.template_catalog import TemplateCatalog
-from producer.transitions import Transitions, json_serializer
+from producer.transitions import EnqueueItem, Transitions, json_serializer
 
 __all__ = [
     "CancelResult",
@@ -81,18 +82,22 @@ def reconnecting(
     }
 
 
-def message_id_for(phone_number_id: str, idempotency_key: str | None) -> str:
-    """Derive the id from the idempotency key, so a repeat maps to the first message."""
+def message_id_for(
+    phone_number_id: str, idempotency_key: str | None, *, random_hex: str | None = None
+) -> str:
+    """Derive the id from the idempotency key, so a repeat maps to the first message.
+
+    Without a key it is random (``random_hex``: 32 hex digits the caller drew, for a batch).
+    """
     if idempotency_key is None:
-        return "m_" + uuid.uuid4().hex
+        return "m_" + (random_hex or uuid.uuid4().hex)
     digest = hashlib.sha256(f"{phone_number_id}\x00{idempotency_key}".encode()).hexdigest()
     return "m_" + digest[:32]
 
 
-def _fingerprint(payload: dict[str, Any]) -> str:
-    """A request's identity for idempotency: the same request always hashes the same."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]  # 64 bits tell requests apart
+def _fingerprint(request_json: str) -> str:
+    """A request's identity for idempotency, from its canonical JSON (sorted, compact)."""
+    return hashlib.sha256(request_json.encode()).hexdigest()[:16]  # 64 bits tell them apart
 
 
 class Producer:
@@ -165,29 +170,36 @@ class Producer:
             await self.check_opt_outs(valid)
         ids = []
         initial: list[str] = []  # each new record's first state: queued, or scheduled
+        items = []
         conversation_key = await self.conversations.key()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for request in valid:
-                message_id = message_id_for(request.phone_number_id, request.idempotency_key)
-                ids.append(message_id)
-                payload = request.model_dump(mode="json", exclude_none=True)
-                fields, event = self.statuses.new_record(request, payload)
-                initial.append(fields["state"])
-                fields["conversation_id"] = conversation_id_for(
-                    request.phone_number_id, request.wa_id, key=conversation_key
+        # Random ids drawn at once: 0.13 µs an id against uuid4's 1.65 (timeit, 100 at a time).
+        randomness = os.urandom(16 * len(valid)).hex()
+        for index, request in enumerate(valid):
+            message_id = message_id_for(
+                request.phone_number_id, request.idempotency_key,
+                random_hex=randomness[32 * index : 32 * index + 32],
+            )  # fmt: skip
+            ids.append(message_id)
+            # One canonical JSON (sorted, compact) is both the stored request and, hashed,
+            # the request's identity for idempotency.
+            request_json = json.dumps(
+                request.model_dump(mode="json", exclude_none=True),
+                sort_keys=True, separators=(",", ":"),
+            )  # fmt: skip
+            fields, event = self.statuses.new_record(request, request_json)
+            initial.append(fields["state"])
+            fields["conversation_id"] = conversation_id_for(
+                request.phone_number_id, request.wa_id, key=conversation_key
+            )
+            items.append(
+                EnqueueItem(
+                    message_id, request.phone_number_id, request.wa_id,
+                    _fingerprint(request_json), event, fields,
                 )
-                await self.transitions.enqueue_into(
-                    pipe,
-                    message_id,
-                    phone_number_id=request.phone_number_id,
-                    wa_id=request.wa_id,
-                    fingerprint=_fingerprint(payload),
-                    event=event,
-                    fields=fields,
-                )
-            # How operators' commands tell a number waq knows from a typo.
-            pipe.sadd(keys.SENDERS, *{request.phone_number_id for request in valid})
-            answers = (await pipe.execute())[:-1]
+            )  # fmt: skip
+        # One command for the batch (it also records each sender, by which operators'
+        # commands tell a number waq knows from a typo).
+        answers = await self.transitions.enqueue_many(items)
         results = []
         tokens = []
         for message_id, request, first, answer in zip(ids, valid, initial, answers, strict=True):

@@ -29,12 +29,13 @@ class StatusStore:
         self.retention_s = retention_s
 
     def new_record(
-        self, request: SendRequest, payload: dict[str, Any]
+        self, request: SendRequest, payload: dict[str, Any] | str
     ) -> tuple[dict[str, str], str]:
         """The hash fields and first history event of a message about to be queued.
 
-        The request itself is kept (``payload``, its JSON form), so a failure Meta reports
-        later by webhook can still be dead-lettered with the request that caused it.
+        The request itself is kept (``payload``: its JSON form, or that JSON already encoded),
+        so a failure Meta reports later by webhook can still be dead-lettered with the
+        request that caused it.
         """
         now = time.time()
         # Defaults are left out (attempts 0, updated_at = created_at, no metadata): a queued
@@ -45,7 +46,9 @@ class StatusStore:
             "to": request.to,
             "type": request.message.type,
             "created_at": repr(now),
-            "request": json.dumps(payload, separators=(",", ":")),
+            "request": payload
+            if isinstance(payload, str)
+            else json.dumps(payload, separators=(",", ":")),
         }
         if request.metadata:
             fields["metadata"] = json.dumps(request.metadata)

@@ -28,6 +28,7 @@ __all__ = [
     "Claim",
     "ClaimLimits",
     "Claimed",
+    "EnqueueItem",
     "Outcome",
     "Transitions",
     "json_serializer",
@@ -67,6 +68,21 @@ class ClaimLimits:
     window_s: float = 24 * 3600 - 60.0
     sleep_after_ms: int = 200
     bulk_share: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueItem:
+    """One message for ``Transitions.enqueue_many``.
+
+    Its ids, its request's fingerprint, its first history event and its record's fields.
+    """
+
+    message_id: str
+    phone_number_id: str
+    wa_id: str
+    fingerprint: str
+    event: str
+    fields: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +209,7 @@ class Transitions:
         self.queue_name = queue_name
         s = transition_scripts
         self._enqueue = redis.register_script(s.ENQUEUE)
+        self._enqueue_many = redis.register_script(s.ENQUEUE_MANY)
         self._claim = redis.register_script(s.CLAIM)
         self._settle = redis.register_script(s.SETTLE)
         self._record = redis.register_script(s.RECORD)
@@ -224,6 +241,18 @@ class Transitions:
                   *(item for pair in fields.items() for item in pair)],
             client=pipe,
         )  # fmt: skip
+
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[list[Any]]:
+        """Enqueue a batch in one command (answers: ``parse_enqueue``, in order).
+
+        Also adds each sender to ``keys.SENDERS``.
+        """
+        args: list[str | int] = [self.retention_s]
+        for item in items:
+            args += [item.message_id, item.phone_number_id, item.wa_id, item.fingerprint,
+                     item.event, json.dumps(item.fields, separators=(",", ":"))]  # fmt: skip
+        answers: list[list[Any]] = await self._enqueue_many(keys=[keys.SENDERS], args=args)
+        return answers
 
     @staticmethod
     def parse_enqueue(answer: list[Any]) -> tuple[str | None, str | None]:
