@@ -22,6 +22,12 @@ __all__ = ["sandbox_process"]  # the fixture, used by name
 PNID = DEFAULT_PHONE_NUMBER_ID
 RECIPIENTS = 10_000
 ONE_TO_ONE_PER_S = 10
+# The limiter books this share of Meta's 80 mps below it. At the default 3 % this test once
+# drew one 130429 under CI's load (coverage, two workers, the sandbox and this loop on two
+# cores), and the slowdown that follows a throttle, not the share, then set the broadcast's
+# rate. This test measures the share and the priority; the limiter's own margin is held to
+# 0 x 130429 by tests/test_under_load.py at the default. See docs/campaigns.md.
+SAFETY = 0.05
 
 
 @pytest.mark.timeout(420)
@@ -39,7 +45,7 @@ async def test_a_broadcast_keeps_its_share_and_one_to_one_messages_stay_fast(
     created = time.monotonic()
     broadcast, _ = await Broadcasts(producer).create(spec)
     create_s = time.monotonic() - created
-    workers = spawn_workers(2, redis_url, sandbox_process, tmp_path)
+    workers = spawn_workers(2, redis_url, sandbox_process, tmp_path, WAQ_RATE_SAFETY=str(SAFETY))
     enqueued_at: dict[str, float] = {}
     try:
         n = 0
@@ -74,7 +80,7 @@ async def test_a_broadcast_keeps_its_share_and_one_to_one_messages_stay_fast(
     span = bulk_times[-1] - bulk_times[0]
     bulk_rate = (len(bulk_times) - 1) / span
     others = [t for m, t in at.items() if m in enqueued_at and bulk_times[0] <= t <= bulk_times[-1]]
-    left_for_bulk = 80 * 0.97 - len(others) / span  # the limiter books 97 % of the limit
+    left_for_bulk = 80 * (1 - SAFETY) - len(others) / span  # what the limiter books
     final = await Broadcasts(producer).get(broadcast.id)
     assert final is not None
     ARTIFACTS.mkdir(exist_ok=True)
