@@ -232,8 +232,9 @@ class Producer:
     async def check_opt_outs(self, requests: list[SendRequest]) -> None:
         """Refuse marketing templates (by the synced catalog) to customers who opted out.
 
-        One round trip, only when the batch holds templates; a catalog never synced knows no
-        categories, and then nothing is refused.
+        One round trip, only when the batch holds templates: the templates' catalog entries
+        and their recipients' places on the lists, read together. A catalog never synced
+        knows no categories, and then nothing is refused.
         """
         templated = [
             (index, request)
@@ -242,23 +243,19 @@ class Producer:
         ]
         if not templated:
             return
-        categories = await self.templates.categories([r.message.template for _, r in templated])  # type: ignore[union-attr]
-        marketing = [
-            (index, request)
-            for (index, request), category in zip(templated, categories, strict=True)
-            if (category or "").upper() == "MARKETING"
-        ]
-        if not marketing:
-            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for _, request in marketing:
+            self.templates.categories_into(pipe, [r.message.template for _, r in templated])  # type: ignore[union-attr]
+            for _, request in templated:
                 pipe.sismember(keys.opt_outs(request.phone_number_id), request.wa_id)
-            members = await pipe.execute()
+            raw, *members = await pipe.execute()
         prefix = len(requests) > 1
         if errors := [
             FieldError(f"[{index}].to" if prefix else "to", "opted_out",
                        f"{request.to} opted out of marketing messages from this number")
-            for (index, request), out in zip(marketing, members, strict=True) if out
+            for (index, request), category, out in zip(
+                templated, TemplateCatalog.parse_categories(raw), members, strict=True
+            )
+            if out and (category or "").upper() == "MARKETING"
         ]:  # fmt: skip
             raise OptedOut(errors)
 

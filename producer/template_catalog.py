@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from producer import keys
 from producer.errors import FieldError
@@ -116,12 +117,14 @@ class TemplateCatalog:
             for (prefix, template), entry in zip(templates, raw[1:], strict=True)
         ]
 
-    async def categories(self, templates: list[Template]) -> list[str | None]:
+    @staticmethod
+    def categories_into(pipe: Pipeline, templates: list[Template]) -> None:
+        """Queue the read of each template's catalog entry (answer: ``parse_categories``)."""
+        pipe.hmget(keys.TEMPLATES, [f"{t.name}:{t.language.code}" for t in templates])
+
+    @staticmethod
+    def parse_categories(raw: list[bytes | None]) -> list[str | None]:
         """Each template's category by the catalog (MARKETING, UTILITY...), None if unknown."""
-        if not templates:
-            return []
-        wanted = [f"{t.name}:{t.language.code}" for t in templates]
-        raw = await self.redis.hmget(keys.TEMPLATES, wanted)  # type: ignore[misc]
         return [json.loads(entry).get("category") if entry else None for entry in raw]
 
     async def _names(self) -> set[str]:

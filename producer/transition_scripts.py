@@ -26,7 +26,6 @@ __all__ = [
     "CLAIM",
     "DEAD_LETTER",
     "EMIT",
-    "ENQUEUE",
     "ENQUEUE_MANY",
     "INBOUND",
     "OPEN_WINDOW",
@@ -230,7 +229,7 @@ end
 
 _PRELUDE: Final = _FORMATS + EMIT + WAKE + _FINISH + _JOIN + _COUNT
 
-# One message's enqueue, for ENQUEUE and ENQUEUE_MANY: the record, history, order list, lane
+# One message's enqueue, for ENQUEUE_MANY: the record, history, order list, lane
 # and lane job's keys; the id, request fingerprint, retention s, first history event, and
 # the record's fields (a flat list of pairs). Returns {'', token or false} created, or {state}
 # when the id has a record (an idempotent repeat; '!state' when the record was made by a
@@ -268,23 +267,12 @@ local function enqueue_one(record, history, order, lane, job, id, fingerprint, r
 end
 """
 
-# KEYS: record, history, order list, lane, lane job. ARGV: id, request fingerprint,
-# retention s, first history event, record fields (flat pairs)... (see _ENQUEUE_ONE).
-ENQUEUE: Final = (
-    _PRELUDE
-    + _ENQUEUE_ONE
-    + """
-return enqueue_one(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3],
-                   ARGV[4], {unpack(ARGV, 5)})
-"""
-)
-
 # KEYS: the senders set. ARGV: retention s, then 6 per message: id, phone_number_id, wa_id,
 # request fingerprint, first history event, record fields (a JSON object). A batch's
 # enqueue in one command: redis-py packs every argument in Python (~1 µs each, 44 % of a
 # batch's CPU in a profile), and one message's keys and pairs were 26 of them; here it is 6.
 # The keys are built here from the ids (producer.keys' formats), as other scripts do.
-# Returns one ENQUEUE answer per message, in order.
+# Returns one answer per message (``enqueue_one``'s), in order.
 ENQUEUE_MANY: Final = (
     _PRELUDE
     + _ENQUEUE_ONE

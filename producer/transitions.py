@@ -208,7 +208,6 @@ class Transitions:
         self.retention_s = retention_s
         self.queue_name = queue_name
         s = transition_scripts
-        self._enqueue = redis.register_script(s.ENQUEUE)
         self._enqueue_many = redis.register_script(s.ENQUEUE_MANY)
         self._claim = redis.register_script(s.CLAIM)
         self._settle = redis.register_script(s.SETTLE)
@@ -220,27 +219,6 @@ class Transitions:
         self._cancel = redis.register_script(s.CANCEL)
 
     # -- enqueue ------------------------------------------------------------------------
-
-    async def enqueue_into(
-        self,
-        pipe: Pipeline,
-        message_id: str,
-        *,
-        phone_number_id: str,
-        wa_id: str,
-        fingerprint: str,
-        event: str,
-        fields: dict[str, str],
-    ) -> None:
-        """Queue an enqueue on a caller's pipeline (answer: ``parse_enqueue``)."""
-        await self._enqueue(
-            keys=[keys.message(message_id), keys.message_history(message_id),
-                  keys.order(phone_number_id, wa_id), keys.lane(phone_number_id),
-                  keys.lane_job(phone_number_id)],
-            args=[message_id, fingerprint, self.retention_s, event,
-                  *(item for pair in fields.items() for item in pair)],
-            client=pipe,
-        )  # fmt: skip
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[list[Any]]:
         """Enqueue a batch in one command (answers: ``parse_enqueue``, in order).

@@ -23,7 +23,7 @@ from producer.recipient import wa_id_of
 from producer.request import SendRequest
 from producer.status import MessageState
 from producer.status_store import StatusStore
-from producer.transitions import Outcome, Transitions, lane_job_id
+from producer.transitions import EnqueueItem, Outcome, Transitions, lane_job_id
 from sandbox import DEFAULT_PHONE_NUMBER_ID, SandboxClient, SandboxServer
 from tests.support import ACCESS_TOKEN, CUSTOMER, STRANGER, TEMPLATE, Pipeline
 from tests.test_under_load import read_logs, spawn_workers, stop
@@ -139,13 +139,9 @@ async def test_the_sweep_starts_a_lane_whose_job_never_started(
     valid = SendRequest.model_validate(request())
     payload = valid.model_dump(mode="json", exclude_none=True)
     fields, event = StatusStore(redis, retention_s=3600).new_record(valid, payload)
-    async with redis.pipeline(transaction=False) as pipe:
-        await transitions.enqueue_into(
-            pipe, "m_orphan", phone_number_id=PNID, wa_id=valid.wa_id, fingerprint="f",
-            event=event, fields=fields,
-        )  # fmt: skip
-        pipe.sadd(keys.SENDERS, PNID)
-        [answer, _] = await pipe.execute()
+    [answer] = await transitions.enqueue_many(  # the producer's step, and no job started
+        [EnqueueItem("m_orphan", PNID, valid.wa_id, "f", event, fields)]
+    )
     assert transitions.parse_enqueue(answer) == (None, "1")  # ... and nobody started job 1
     assert await lane_jobs(redis) == []
     workers = spawn_workers(1, redis_url, sandbox_server.url, tmp_path, WAQ_LANE_SWEEP_S="1")
