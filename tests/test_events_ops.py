@@ -23,6 +23,7 @@ from tests.support import events_in_stream
 from tests.test_events import customers_write, send, until
 from tests.test_under_load import read_logs, spawn_workers, stop
 from waq.cli import app
+from worker.subscriptions import SubscriptionSpec, SubscriptionStore, delivery_job_id
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "event_consumer.py"
 
@@ -169,3 +170,31 @@ async def test_the_documented_stream_consumer_handles_and_acknowledges_every_eve
         env={"WAQ_REDIS_URL": redis_url},
     )  # fmt: skip
     assert json.loads(tail.output)["data"]["message_id"] == message_id
+
+
+async def test_a_real_workers_sweep_starts_an_outbox_whose_job_went_missing(
+    redis: Redis,
+    redis_url: str,
+    sandbox_server: SandboxServer,
+    receiver_server: ReceiverServer,
+    tmp_path: Path,
+) -> None:
+    """A pump that died between copying an event and starting the outbox's job left a token
+    and no job; a real `waq worker`'s sweep (every second here) starts one and it delivers."""
+    store = SubscriptionStore(redis)
+    made = await store.add(SubscriptionSpec(url=receiver_server.events_url))
+    receiver_server.receiver.secrets = [made.secret.get_secret_value()]
+    event_id = await store.send_test(made.id)  # queues it and starts job 1 ...
+    await redis.delete(keys.ARQ_JOB_PREFIX + delivery_job_id(made.id, "1"))
+    await redis.zrem(keys.DEFAULT_QUEUE, delivery_job_id(made.id, "1"))  # ... which was lost
+    workers = spawn_workers(1, redis_url, sandbox_server.url, tmp_path, WAQ_LANE_SWEEP_S="1")
+    try:
+
+        async def delivered() -> bool:
+            return event_id in receiver_server.receiver.unique_events()
+
+        await until(delivered, timeout_s=20)
+    finally:
+        assert stop(workers) == [0], read_logs(tmp_path)
+    assert "webhooks.swept" in read_logs(tmp_path)
+    assert (await store.stats(made.id)).delivered == 1
