@@ -22,6 +22,7 @@ from gateway.graph_door import fold_meta_body
 from gateway.health import HealthReport, run_health_check
 from gateway.kapso import is_kapso_message, kapso_to_meta
 from gateway.state import GatewayState, gateway_state, require_api_key
+from gateway.status_out import MessageStatusOut
 from producer import limits
 from producer.broadcasts import (
     BroadcastProgress,
@@ -36,7 +37,6 @@ from producer.messages import Message, TemplateMessage
 from producer.opt_outs import OptOuts
 from producer.recipient import normalize_recipient, wa_id_of
 from producer.request import MetadataKey, MetadataValue, SendRequest
-from producer.status import MessageStatus
 
 __all__ = ["router"]
 
@@ -292,12 +292,15 @@ async def send_to_conversation(
 
 
 @router.get("/messages/{message_id}", summary="A message's state and history")
-async def get_message(message_id: str, state: State) -> MessageStatus:
-    """queued, sending, retrying, accepted, sent, delivered, read, or dead (with the error)."""
+async def get_message(message_id: str, state: State) -> MessageStatusOut:
+    """queued, sending, retrying, accepted, sent, delivered, read, or dead (with the error).
+
+    Times are ISO 8601 UTC; the history is in the order waq recorded its steps.
+    """
     status = await state.statuses.get(message_id)
     if status is None:
         raise NotFound("no such message (or past its retention)", code="message_not_found")
-    return status
+    return MessageStatusOut.of(status)
 
 
 class BroadcastIn(_Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 import time
 import urllib.parse
 from pathlib import Path
@@ -20,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
+from gateway.charts import overview_charts
 from gateway.console_auth import (
     COOKIE,
     SESSION_S,
@@ -35,11 +37,13 @@ from producer import keys
 from producer.broadcasts import Broadcasts
 from producer.errors import WaqError
 from producer.recipient import normalize_recipient
-from worker.dead_letters import DeadLetter, DeadLetterFilter, MoveResult, move_each
+from worker.dead_letters import DeadLetter, DeadLetterFilter, MoveResult
 from worker.error_table import Suggestion
+from worker.finder import find_messages
 from worker.logs import format_age
 from worker.overview import read_overview
 from worker.pauses import PauseStore
+from worker.stats import read_series
 from worker.template_rewrite import TemplateRewrite
 
 __all__ = ["console_router"]
@@ -89,6 +93,8 @@ class DeadLetterAction(Selection):
 
     action: str
     csrf: str
+    until: float | None = None
+    """When the confirmation was shown: the apply leaves entries that died after it."""
     template: str = ""
     language: str = "en_US"
     params: str = "{text}"
@@ -130,6 +136,8 @@ def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
     templates.env.filters["age"] = lambda at: format_age(time.time() - at)
     templates.env.filters["when"] = _when
+    templates.env.filters["when_ms"] = _when_ms
+    templates.env.filters["plain"] = _plain
     return templates
 
 
@@ -203,29 +211,94 @@ async def logout(state: State, session: Session, csrf: Annotated[str, Form()]) -
 
 @console_router.get("")
 async def home(session: Session) -> Response:
-    return RedirectResponse("/console/dead-letters", status_code=303)
+    return RedirectResponse("/console/overview", status_code=303)
+
+
+@console_router.get("/overview")
+async def overview(request: Request, state: State, session: Session) -> HTMLResponse:
+    """The figures and the last hour's charts; the page refreshes them every 5 s."""
+    return page(request, "overview.html", session, **await _live(state))
+
+
+@console_router.get("/overview/live")
+async def overview_live(request: Request, state: State, session: Session) -> HTMLResponse:
+    """The overview's figures and charts alone, for the page's refresh."""
+    return page(request, "overview_live.html", session, **await _live(state))
+
+
+async def _live(state: GatewayState) -> dict[str, Any]:
+    config = state.config
+    figures = await read_overview(
+        state.redis, queue_name=config.queue_name, default_mps=config.default_mps
+    )
+    series = await read_series(state.redis, default_mps=config.default_mps)
+    return {
+        "overview": figures,
+        "charts": overview_charts(series),
+        "width": series.width_s,
+        "read_at": figures.read_at,
+    }
 
 
 @console_router.get("/dead-letters")
 async def dead_letters(
     request: Request,
+    *,
     state: State,
     session: Session,
     selection: Annotated[Selection, Query()],
     notice: str = "",
+    cursor: str = "",
 ) -> HTMLResponse:
+    """A page of the matching entries, newest first, and how many match: bounded reads."""
     selection.ids = []
+    chosen = selection.as_filter()
     stats = await state.dead_letters.stats()
-    letters: list[DeadLetter] = []
-    matching = 0
-    async for letter in state.dead_letters.scan(selection.as_filter()):
-        matching += 1
-        if len(letters) < _PAGE_SIZE:
-            letters.append(letter)
+    try:
+        found = await state.dead_letters.page(chosen, cursor=cursor or None, limit=_PAGE_SIZE)
+    except WaqError as exc:
+        raise ApiError(exc.detail, code="invalid_cursor", status_code=400, field="cursor") from None
+    matching = await state.dead_letters.matching(chosen)
     return page(
-        request, "dead_letters.html", session, stats=stats, letters=letters,
-        matching=matching, selection=selection, notice=notice,
-        suggestions=[s.value for s in Suggestion], now=time.time(),
+        request, "dead_letters.html", session, stats=stats, letters=found.letters,
+        next_cursor=found.next_cursor, first_page=not cursor, matching=matching,
+        selection=selection, notice=notice, suggestions=[s.value for s in Suggestion],
+        now=time.time(),
+    )  # fmt: skip
+
+
+@console_router.get("/search")
+async def search(request: Request, state: State, session: Session, q: str = "") -> Response:
+    """Find messages by id, wamid, phone number or idempotency key; one goes straight to it."""
+    if not q.strip():
+        return page(request, "search.html", session, query="", found=None, statuses=[])
+    found = await find_messages(state.redis, q)
+    if len(found.message_ids) == 1:
+        return RedirectResponse(f"/console/messages/{found.message_ids[0]}", status_code=303)
+    statuses = [s for s in [await state.statuses.get(i) for i in found.message_ids] if s]
+    return page(
+        request, "search.html", session, query=q.strip(), found=found, statuses=statuses,
+        recent=keys.RECIPIENT_RECENT,
+    )  # fmt: skip
+
+
+@console_router.get("/messages/{message_id}")
+async def message(
+    request: Request, state: State, session: Session, message_id: str
+) -> HTMLResponse:
+    """A message's state, its whole timeline, its request, and its dead letter if it has one."""
+    status = await state.statuses.get(message_id)
+    letter = await state.dead_letters.get(message_id)
+    if status is None and letter is None:
+        return page(
+            request, "gone.html", session, status_code=404, message_id=message_id, kind="message"
+        )
+    timeline = status.history if status else letter.attempts if letter else []
+    raw = await state.redis.hget(keys.message(message_id), "request")  # type: ignore[misc]
+    request_json = json.loads(raw) if raw else (letter.request if letter else None)
+    return page(
+        request, "message.html", session, message_id=message_id, status=status, letter=letter,
+        timeline=sorted(timeline, key=lambda e: e.at), request_json=request_json,
     )  # fmt: skip
 
 
@@ -233,23 +306,32 @@ async def dead_letters(
 async def dead_letter(
     request: Request, state: State, session: Session, message_id: str
 ) -> HTMLResponse:
+    """One entry; its attempts are the message's whole history while its record lives."""
     letter = await state.dead_letters.get(message_id)
     if letter is None:
         return page(request, "gone.html", session, status_code=404, message_id=message_id)
-    return page(request, "dead_letter.html", session, letter=letter, now=time.time())
+    status = await state.statuses.get(message_id)
+    timeline = sorted(status.history if status else letter.attempts, key=lambda e: e.at)
+    return page(
+        request, "dead_letter.html", session, letter=letter, timeline=timeline, now=time.time()
+    )
 
 
 @console_router.post("/dead-letters/confirm")
 async def confirm(
     request: Request, state: State, session: Session, form: Annotated[DeadLetterAction, Form()]
 ) -> HTMLResponse:
+    """What the action will do: the count, the first page's plans; nothing moves yet."""
     check_csrf(session, form.csrf)
     rewrite = form.rewrite()
-    letters = [x async for x in state.dead_letters.scan(form.as_filter())]
-    plans = {letter.id: _plan(form.action, letter, rewrite) for letter in letters[:_PAGE_SIZE]}
+    form.until = time.time()  # the apply acts on what had died by now, not on later entries
+    chosen = form.as_filter()
+    first = await state.dead_letters.page(chosen, limit=_PAGE_SIZE)
+    matching = await state.dead_letters.matching(chosen, until=form.until)
+    plans = {letter.id: _plan(form.action, letter, rewrite) for letter in first.letters}
     return page(
-        request, "confirm.html", session, form=form, letters=letters[:_PAGE_SIZE],
-        total=len(letters), plans=plans,
+        request, "confirm.html", session, form=form, letters=first.letters,
+        total=matching.count, exact=matching.exact, plans=plans,
     )  # fmt: skip
 
 
@@ -257,19 +339,16 @@ async def confirm(
 async def apply(
     state: State, session: Session, form: Annotated[DeadLetterAction, Form()]
 ) -> Response:
+    """Move what the confirmation showed, streamed in chunks (constant memory)."""
     check_csrf(session, form.csrf)
     rewrite = form.rewrite()
-    store = state.dead_letters
-    letters = [x async for x in store.scan(form.as_filter())]
-
-    async def move(letter: DeadLetter) -> MoveResult:
-        if form.action == "purge":
-            return await store.purge(letter, note="from the console")
-        request = rewrite.request_for(letter) if rewrite else None
-        note = f"from the console, as template {form.template}" if rewrite else "from the console"
-        return await store.requeue(letter, request=request, note=note)
-
-    outcome = await move_each(letters, move)
+    note = f"from the console, as template {form.template}" if rewrite else "from the console"
+    report = await state.dead_letters.move_all(
+        "purge" if form.action == "purge" else "requeue", form.as_filter(),
+        until=form.until or time.time(), request_for=rewrite.request_for if rewrite else None,
+        note=note,
+    )  # fmt: skip
+    outcome = dict(report.outcome)
     done = outcome.pop(MoveResult.OK.value, 0)
     verb = {"purge": "Purged", "requeue": "Requeued"}.get(form.action, "Requeued as template")
     notice = f"{verb} {done}." + (
@@ -501,6 +580,24 @@ def _same(given: str, expected: str) -> bool:
 def _local(target: str) -> str:
     """Only redirect within the console (an open redirect would help phishing)."""
     return target if target.startswith("/console") and "//" not in target else "/console"
+
+
+def _plain(value: Any, name: str = "") -> str:
+    """A detail as words: a dict as "level STANDARD", a time as its UTC date, yes and no."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k.replace('_', ' ')} {_plain(v, k)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v, name) for v in value) or "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float) and name.endswith(("_at", "at")) and value > 1e9:
+        return _when(float(value))
+    return "-" if value is None else str(value)
+
+
+def _when_ms(at: float) -> str:
+    """A step's time to the millisecond (a message's steps are often within one second)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}"
 
 
 def _when(at: float) -> str:

@@ -43,8 +43,16 @@ class Conversation(BaseModel):
 class ConversationStore:
     """Creates conversations on inbound messages and reads them with their windows."""
 
-    def __init__(self, redis: Redis, windows: WindowStore, *, key: str | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        windows: WindowStore,
+        *,
+        key: str | None = None,
+        retention_s: int = 30 * 24 * 3600,
+    ) -> None:
         self.redis = redis
+        self.retention_s = retention_s
         self.windows = windows
         self.ids = ConversationIds(redis, key=key)
         self._receive = redis.register_script(INBOUND)
@@ -73,7 +81,8 @@ class ConversationStore:
             keys=[keys.window(phone_number_id, wa_id), keys.WINDOWS_CLOSING,
                   keys.conversation(conversation_id)],
             args=[at, WINDOW_S, conversation_id, phone_number_id, wa_id, profile_name or "",
-                  message_json, repr(time.time()), keyword[0] or "", keyword[1]],
+                  message_json, repr(time.time()), keyword[0] or "", keyword[1],
+                  self.retention_s],
             client=pipe,
         )  # fmt: skip
 

@@ -58,7 +58,7 @@ class ErrorBody(BaseModel):
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Declare waq's error body for every 422 in the OpenAPI document.
+    """Declare waq's error body for every 4xx (and 503) in the OpenAPI document.
 
     FastAPI declares its own ``HTTPValidationError`` there, a shape the gateway never
     answers with (its handlers render every error as ``ErrorBody``); clients generated from
@@ -78,17 +78,21 @@ def install_openapi(app: FastAPI) -> None:
             ref_template="#/components/schemas/{model}"
         )
         components.update(components["ErrorBody"].pop("$defs", {}))
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
         for path in schema.get("paths", {}).values():
             for operation in path.values():
-                if "422" in operation.get("responses", {}):
-                    operation["responses"]["422"] = {
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:
+                    responses["422"] = {
                         "description": "A field broke a rule: the error names it",
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/ErrorBody"}
-                            }
-                        },
+                        "content": body,
                     }
+                # Every other refusal (400 invalid JSON, 401, 403, 404, 409, 413, 429) has
+                # the same body; the 503 of a Redis outage too.
+                responses.setdefault("4XX", {"description": "Refused: see error", "content": body})
+                responses.setdefault(
+                    "503", {"description": "Redis unreachable; retry", "content": body}
+                )
         app.openapi_schema = schema
         return schema
 
@@ -194,7 +198,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return invalid_request_response(_from_validation(exc))
+        refused = _from_validation(exc)
+        if refused.errors and all(e.rule == "json_invalid" for e in refused.errors):
+            # Not a rule a field broke: the body is not JSON at all (as the other doors say).
+            return JSONResponse(
+                error_body("invalid_json", refused.errors[0].message, "(body)",
+                           errors=[e.as_dict() for e in refused.errors]),
+                status_code=400,
+            )  # fmt: skip
+        return invalid_request_response(refused)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -54,6 +54,7 @@ class GatewayConfig:
     conversation_key: str | None = None  # None: a random key kept in Redis per deployment
     opt_out_keywords: tuple[str, ...] = DEFAULT_OPT_OUT_KEYWORDS
     opt_in_keywords: tuple[str, ...] = DEFAULT_OPT_IN_KEYWORDS
+    conversation_retention_s: int = 30 * 24 * 3600
 
 
 @dataclass(slots=True)
@@ -81,8 +82,9 @@ class GatewayState:
         self.statuses = self.producer.statuses
         self.windows = WindowStore(self.redis, margin_s=self.config.window_margin_s)
         self.conversations = ConversationStore(
-            self.redis, self.windows, key=self.config.conversation_key
-        )
+            self.redis, self.windows, key=self.config.conversation_key,
+            retention_s=self.config.conversation_retention_s,
+        )  # fmt: skip
         self.dead_letters = DeadLetterStore(
             self.redis, self.statuses, queue_name=self.config.queue_name
         )

@@ -40,6 +40,8 @@ class EventType(StrEnum):
     """Meta reported a failure after accepting it; a ``message.dead_lettered`` follows."""
     MESSAGE_DEAD_LETTERED = "message.dead_lettered"
     MESSAGE_REQUEUED = "message.requeued"
+    MESSAGE_PURGED = "message.purged"
+    """An operator dropped its dead letter; its record went with it."""
     MESSAGE_CANCELLED = "message.cancelled"
     """Taken back before it was handed to Meta (``was``: scheduled, queued or retrying)."""
     MESSAGE_RECEIVED = "message.received"

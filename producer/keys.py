@@ -16,10 +16,15 @@ __all__ = [
     "DEFAULT_QUEUE",
     "EVENTS",
     "EVENTS_CURSOR",
+    "LATENCY_EDGES_S",
     "PAUSED_NUMBERS",
+    "RECIPIENT_RECENT",
     "SENDERS",
     "SENDER_LAST_SUCCESS",
+    "STATS_BUCKET_S",
+    "STATS_KEEP_S",
     "TEMPLATES",
+    "THROTTLED",
     "WEBHOOK_RAW_WANTED",
     "WEBHOOK_SEEN",
     "WEBHOOK_STATES",
@@ -30,11 +35,14 @@ __all__ = [
     "bulk_lane",
     "conversation",
     "dead_letter",
+    "dead_letter_index",
     "lane",
     "lane_job",
     "message",
     "message_history",
     "opt_outs",
+    "recipient_messages",
+    "stats",
     "subscription",
     "wamid",
     "webhook_delivery",
@@ -63,10 +71,20 @@ TEMPLATES: Final = "waq:templates"
 time; replaced whole by each sync (worker.runner.sync_templates); absent: never synced."""
 
 DEAD_LETTERS: Final = "waq:dlq"
-"""zset, message id scored by the time it died (unix s); no TTL: ops drain it."""
+"""zset, message id scored by the time it died (unix s); no TTL: ops drain it, and the
+worker's sweep drops entries older than ``WAQ_DLQ_RETENTION_S``."""
 
 DEAD_LETTER_COUNTS: Final = "waq:dlq_counts"
 """hash, "code:131047" / "suggestion:send_template" / "number:<id>" -> entries; no TTL."""
+
+
+def dead_letter_index(label: str) -> str:
+    """zset, the entries of one count label ("code:131047", "number:<id>"...) by death time.
+
+    Scored in unix s: filtered listings page through it instead of reading the whole queue.
+    Kept with the counts, in the same steps.
+    """
+    return f"waq:dlq:by:{label}"
 
 
 def message(message_id: str) -> str:
@@ -80,13 +98,28 @@ def message_history(message_id: str) -> str:
 
 
 def dead_letter(message_id: str) -> str:
-    """string, a dead letter's JSON (request, attempts, final error, hint); no TTL."""
+    """string, a dead letter's JSON (request, attempts, final error, hint); no TTL.
+
+    See ``DEAD_LETTERS``. A dead message's record and history are kept as long as its entry.
+    """
     return f"waq:dlq:{message_id}"
 
 
 def window(phone_number_id: str, wa_id: str) -> str:
     """string, unix time (s) of the customer's last inbound message; expires with the window."""
     return f"waq:{{{phone_number_id}}}:window:{wa_id}"
+
+
+RECIPIENT_RECENT: Final = 50
+"""How many of a recipient's newest message ids ``recipient_messages`` keeps."""
+
+
+def recipient_messages(wa_id: str) -> str:
+    """list, a recipient's newest message ids (``RECIPIENT_RECENT``), newest first.
+
+    Over every sender; TTL = retention, s. How the console finds messages by phone number.
+    """
+    return f"waq:to:{wa_id}"
 
 
 def wamid(wamid_: str) -> str:
@@ -126,7 +159,10 @@ WEBHOOK_SEEN: Final = "waq:webhook:seen"
 
 
 def conversation(conversation_id: str) -> str:
-    """hash, {phone_number_id, wa_id, profile_name, created_at, last_inbound_at}; no TTL."""
+    """hash, {phone_number_id, wa_id, profile_name, created_at}.
+
+    Expires ``WAQ_CONVERSATION_RETENTION_S`` after the customer's last message.
+    """
     return f"waq:conv:{conversation_id}"
 
 
@@ -222,6 +258,35 @@ def number_rate(phone_number_id: str) -> str:
 def pair_rate(phone_number_id: str, wa_id: str) -> str:
     """string, GCRA theoretical arrival time (unix s) of the pair's next slot; short TTL."""
     return f"waq:{{{phone_number_id}}}:rate:pair:{wa_id}"
+
+
+THROTTLED: Final = "waq:throttled"
+"""zset, every scope (a number or "app") Meta throttled, scored by when its slowdown has worn
+off (unix s); members past it are dropped by the next slowdown: operators' reads find the
+throttled numbers here, not by a SCAN."""
+
+
+STATS_BUCKET_S: Final = 10
+"""The width of a stats bucket, s."""
+
+STATS_KEEP_S: Final = 2 * 3600
+"""How long a stats bucket is kept: the console charts the last hour."""
+
+LATENCY_EDGES_S: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+"""The upper edges of the enqueue-to-accepted latency histogram's buckets (``lat:<i>``; the
+last, ``lat:11``, is everything slower)."""
+
+
+def stats(bucket: int) -> str:
+    """hash, the pipeline's counters for one ``STATS_BUCKET_S`` bucket (unix s // width).
+
+    Fields: ``queued``, ``sent:<number>``, ``retry:<number>``, ``dead:<code>``,
+    ``delivered``, ``read``, ``lat:<i>`` (``LATENCY_EDGES_S``), ``depth`` (messages not yet
+    final, written by the workers' sweep). Incremented once per batch by the steps
+    themselves (per entry for dead letters and status webhooks); expires after
+    ``STATS_KEEP_S``.
+    """
+    return f"waq:stats:{bucket}"
 
 
 def slowdown(scope: str) -> str:

@@ -73,10 +73,14 @@ class StatusEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     at: float
+    """When waq recorded the step (unix s): a history is in this order."""
     state: MessageState
     attempt: int = 0
     detail: str | None = None
     error: dict[str, Any] | None = None
+    reported_at: float | None = None
+    """Meta's own timestamp of a status it reported (whole seconds, so it may read earlier
+    than a step waq recorded before it)."""
 
 
 class MessageStatus(BaseModel):

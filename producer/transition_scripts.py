@@ -27,6 +27,7 @@ __all__ = [
     "DEAD_LETTER",
     "EMIT",
     "ENQUEUE_MANY",
+    "EXPIRE_DEAD_LETTERS",
     "INBOUND",
     "OPEN_WINDOW",
     "OPT_OUT",
@@ -53,6 +54,7 @@ local ORDER, WINDOW = '{keys.order("%s", "%s")}', '{keys.window("%s", "%s")}'
 local PAIR, MSG = '{keys.pair_rate("%s", "%s")}', '{keys.message("")}'
 local HISTORY = '{keys.message_history("%s")}'
 local WAMID, LETTER = '{keys.wamid("")}', '{keys.dead_letter("")}'
+local RECIPIENT, RECIPIENT_KEEP = '{keys.recipient_messages("")}', {keys.RECIPIENT_RECENT}
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -67,6 +69,24 @@ end
 -- millisecond for a unix time, and a limiter's next slot rounded down by up to that on every
 -- claim ran 3% fast (992/s against 970/s booked).
 local function t6(x) return string.format('%.6f', x) end
+-- The pipeline's counters for the console's charts (keys.stats): a step adds up its batch in
+-- a table, then one HINCRBY a field.
+local STATS = '{keys.stats(0)[:-1]}'
+local LAT_EDGES = {{{", ".join(repr(e) for e in keys.LATENCY_EDGES_S)}}}
+local function add_stat(tally, field, n) tally[field] = (tally[field] or 0) + n end
+local function latency_field(seconds)
+  for i, edge in ipairs(LAT_EDGES) do if seconds <= edge then return 'lat:' .. (i - 1) end end
+  return 'lat:' .. #LAT_EDGES
+end
+local function flush_stats(tally, now)
+  local key = STATS .. math.floor(now / {keys.STATS_BUCKET_S})
+  local any = false
+  for field, n in pairs(tally) do
+    redis.call('HINCRBY', key, field, n)
+    any = true
+  end
+  if any then redis.call('EXPIRE', key, {keys.STATS_KEEP_S}) end
+end
 """
 
 # ``emit`` appends one event; ``emit_message`` a message's, with the fields every message
@@ -143,6 +163,9 @@ local function opt_out(pnid, wa, add, data)
 end
 local function dead_lettered(id, key, raw)
   local e = cjson.decode(raw)
+  local code = type(e.error) == 'table' and e.error.code or nil
+  if code == nil or code == cjson.null then code = '' end
+  flush_stats({{['dead:' .. tostring(code)] = 1}}, clock())
   if type(e.error) == 'table' and tonumber(e.error.code) == 131050 then
     -- Meta: the user stopped marketing messages from this number.
     local who = redis.call('HMGET', key, 'phone_number_id', 'to')
@@ -214,15 +237,22 @@ local function join(order, lane, job, history, id, event, retention)
 end
 """
 
-# Dead-letter counts by code, suggestion and sender, from the entry's own JSON.
-_COUNT: Final = """
+# Dead-letter counts by code, suggestion and sender, and each label's index (the entries by
+# when they died, for filtered pages), from the entry's own JSON.
+_COUNT: Final = f"""
+local LETTERS_BY = '{keys.dead_letter_index("")}'
 local function count(hash, raw, by)
   local e = cjson.decode(raw)
   local code = e.error and e.error.code
   if code == nil or code == cjson.null then code = '' end
-  for _, label in ipairs({'code:' .. tostring(code), 'suggestion:' .. tostring(e.suggestion),
-                          'number:' .. tostring(e.phone_number_id)}) do
+  for _, label in ipairs({{'code:' .. tostring(code), 'suggestion:' .. tostring(e.suggestion),
+                          'number:' .. tostring(e.phone_number_id)}}) do
     if redis.call('HINCRBY', hash, label, by) <= 0 then redis.call('HDEL', hash, label) end
+    if by > 0 then
+      redis.call('ZADD', LETTERS_BY .. label, t6(tonumber(e.dead_at) or 0), e.id)
+    else
+      redis.call('ZREM', LETTERS_BY .. label, e.id)
+    end
   end
 end
 """
@@ -286,13 +316,23 @@ for i = 2, #ARGV, 6 do
     table.insert(fields, name)
     table.insert(fields, value)
   end
-  table.insert(out, enqueue_one(MSG .. id, string.format(HISTORY, id),
-                                string.format(ORDER, pnid, wa), string.format(LANE, pnid),
-                                string.format(JOB, pnid), id, ARGV[i + 3], retention,
-                                ARGV[i + 4], fields))
+  local answer = enqueue_one(MSG .. id, string.format(HISTORY, id),
+                             string.format(ORDER, pnid, wa), string.format(LANE, pnid),
+                             string.format(JOB, pnid), id, ARGV[i + 3], retention,
+                             ARGV[i + 4], fields)
+  table.insert(out, answer)
+  if answer[1] == '' then  -- the recipient's newest messages, for the console's search
+    local recent = RECIPIENT .. wa
+    redis.call('LPUSH', recent, id)
+    redis.call('LTRIM', recent, 0, RECIPIENT_KEEP - 1)
+    redis.call('EXPIRE', recent, retention)
+  end
   senders[pnid] = true
 end
 for pnid in pairs(senders) do redis.call('SADD', KEYS[1], pnid) end
+local created = 0
+for _, answer in ipairs(out) do if answer[1] == '' then created = created + 1 end end
+flush_stats({queued = created}, clock())
 return out
 """
 )
@@ -488,6 +528,7 @@ SETTLE: Final = (
     + """
 local pnid, retention, pair_interval = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local tokens = {}
+local tally = {}
 local function log(history, events)
   local lines = {}
   for event in string.gmatch(events, '[^\\n]+') do table.insert(lines, event) end
@@ -504,6 +545,9 @@ for i = 4, #ARGV, 7 do
     -- The claim cleared detail, error and next_attempt_at; the record and its history keep
     -- the retention their last move gave them (a status webhook gives them another).
     if open then
+      add_stat(tally, 'sent:' .. pnid, 1)
+      local created_at = tonumber(redis.call('HGET', key, 'created_at') or '')
+      if created_at then add_stat(tally, latency_field(now - created_at), 1) end
       redis.call('HSET', key, 'wamid', ARGV[i + 4], 'state', 'accepted', 'updated_at', t6(now))
       emit_message('message.sent', id, key, {wamid = ARGV[i + 4], attempt = tonumber(ARGV[i + 3])})
     else
@@ -514,6 +558,7 @@ for i = 4, #ARGV, 7 do
     token = finish(pnid, wa, id, now)
   elseif kind == 'retry' then
     if open then
+      add_stat(tally, 'retry:' .. pnid, 1)
       for field, value in pairs(cjson.decode(ARGV[i + 5])) do
         redis.call('HSET', key, field, value)
       end
@@ -546,12 +591,17 @@ for i = 4, #ARGV, 7 do
     end
     token = finish(pnid, wa, id, now)
   end
-  if state and kind ~= 'accepted' then
+  if kind == 'dead' and open then
+    -- Kept as long as its dead letter: the worker's sweep drops the three together.
+    redis.call('PERSIST', key)
+    redis.call('PERSIST', history)
+  elseif state and kind ~= 'accepted' then
     redis.call('EXPIRE', key, retention)
     redis.call('EXPIRE', history, retention)
   end
   if token then table.insert(tokens, token) end
 end
+flush_stats(tally, now)
 return tokens
 """
 )
@@ -581,7 +631,9 @@ if moves and new > old then
     emit_message('message.sent', ARGV[4], KEYS[1])
   end
   if ARGV[1] == 'delivered' or ARGV[1] == 'read' then
-    emit_message('message.' .. ARGV[1], ARGV[4], KEYS[1], {at = cjson.decode(ARGV[2]).at})
+    flush_stats({[ARGV[1]] = 1}, clock())
+    local step = cjson.decode(ARGV[2])
+    emit_message('message.' .. ARGV[1], ARGV[4], KEYS[1], {at = step.reported_at or step.at})
   end
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
@@ -616,8 +668,9 @@ count(KEYS[3], ARGV[2], 1)
 redis.call('HSET', KEYS[4], unpack(ARGV, 7))
 redis.call('HDEL', KEYS[4], 'next_attempt_at')
 redis.call('RPUSH', KEYS[5], ARGV[4])
-redis.call('EXPIRE', KEYS[4], ARGV[5])
-redis.call('EXPIRE', KEYS[5], ARGV[5])
+-- Kept as long as its dead letter: the worker's sweep (or a purge) drops the three together.
+redis.call('PERSIST', KEYS[4])
+redis.call('PERSIST', KEYS[5])
 dead_lettered(ARGV[1], KEYS[4], ARGV[2])
 local m = redis.call('HMGET', KEYS[4], 'phone_number_id', 'to')
 if m[1] then
@@ -658,7 +711,9 @@ return {'ok', token}
 """
 )
 
-# KEYS: entry, index, counts, history. ARGV: id, expected entry JSON, event.
+# KEYS: entry, index, counts, history, record. ARGV: id, expected entry JSON. The entry
+# goes, and the dead message's record and history with it (they were kept for it); a
+# ``message.purged`` event says so.
 PURGE: Final = (
     _PRELUDE
     + _TAKE
@@ -666,8 +721,35 @@ PURGE: Final = (
 count(KEYS[3], raw, -1)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[3]) end
+emit_message('message.purged', ARGV[1], KEYS[5])
+if redis.call('HGET', KEYS[5], 'state') == 'dead' then
+  local wamid = redis.call('HGET', KEYS[5], 'wamid')
+  if wamid then redis.call('DEL', WAMID .. wamid) end
+  redis.call('DEL', KEYS[4], KEYS[5])
+end
 return {'ok'}
+"""
+)
+
+# KEYS: index, counts. ARGV: cutoff (unix s), most to take. Drops the dead letters that died
+# before the cutoff (``WAQ_DLQ_RETENTION_S``), oldest first, with their dead messages'
+# records and histories. Returns how many it dropped.
+EXPIRE_DEAD_LETTERS: Final = (
+    _PRELUDE
+    + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  local raw = redis.call('GET', LETTER .. id)
+  if raw then count(KEYS[2], raw, -1) end
+  redis.call('DEL', LETTER .. id)
+  redis.call('ZREM', KEYS[1], id)
+  if redis.call('HGET', MSG .. id, 'state') == 'dead' then
+    local wamid = redis.call('HGET', MSG .. id, 'wamid')
+    if wamid then redis.call('DEL', WAMID .. wamid) end
+    redis.call('DEL', MSG .. id, string.format(HISTORY, id))
+  end
+end
+return #ids
 """
 )
 
@@ -751,8 +833,9 @@ RECORD_WINDOW: Final = (
 # KEYS: window, closing-soon index, conversation. ARGV: 1 Meta's time of the message (unix
 # s), 2 window s, 3 conversation id, 4 phone_number_id, 5 wa_id, 6 profile name or '',
 # 7 the message's JSON (as Meta sent it), 8 now, 9 'out' / 'in' / '' (an opt-out or opt-in
-# keyword), 10 the keyword. A customer's message: the window, the
-# conversation (created on its first message), and their events. The message goes into its
+# keyword), 10 the keyword, 11 the conversation's retention s. A customer's message: the
+# window, the conversation (created on its first message; kept for the retention after the
+# last), and their events. The message goes into its
 # event as it came (spliced, not re-encoded: cjson would turn [] into {}).
 INBOUND: Final = (
     _FORMATS
@@ -764,6 +847,7 @@ local at, window_s = tonumber(ARGV[1]), tonumber(ARGV[2])
 local opened = open_window(KEYS[1], KEYS[2], at, window_s, pnid .. ':' .. wa .. ':' .. ARGV[3])
 local created = redis.call('HSETNX', KEYS[3], 'created_at', ARGV[8]) == 1
 redis.call('HSET', KEYS[3], 'phone_number_id', pnid, 'wa_id', wa)
+redis.call('EXPIRE', KEYS[3], ARGV[11])
 local name = nil
 if ARGV[6] ~= '' then
   name = ARGV[6]

@@ -215,6 +215,7 @@ class Transitions:
         self._dead_letter = redis.register_script(s.DEAD_LETTER)
         self._requeue = redis.register_script(s.REQUEUE)
         self._purge = redis.register_script(s.PURGE)
+        self._expire_dead_letters = redis.register_script(s.EXPIRE_DEAD_LETTERS)
         self._wake = redis.register_script(s.WAKE_IF_WAITING)
         self._cancel = redis.register_script(s.CANCEL)
 
@@ -363,7 +364,9 @@ class Transitions:
             moved["detail"] = detail
         if error is not None:
             moved["error"] = json.dumps(error)
-        event = StatusEvent(at=at or now, state=state, attempt=attempt, detail=detail, error=error)
+        event = StatusEvent(
+            at=now, state=state, attempt=attempt, detail=detail, error=error, reported_at=at
+        )
         key = keys.message(message_id)
         answer = await self._record(
             keys=[key, keys.message_history(message_id), keys.wamid(wamid) if wamid else key],
@@ -434,10 +437,12 @@ class Transitions:
         wa_id: str,
         detail: str,
         fields: dict[str, str],
+        pipe: Pipeline | None = None,
     ) -> str:
         """Put a dead letter's message back in its lane, as the producer would.
 
         Returns ``ok``, or ``missing`` / ``changed`` when the entry is not as the caller read.
+        On a caller's ``pipe`` only queued: ``apply_requeue`` reads its answer.
         """
         created_at = fields.pop("created_at", repr(time.time()))
         fields["updated_at"] = repr(time.time())
@@ -450,10 +455,20 @@ class Transitions:
             args=[message_id, expected_entry, self.retention_s,
                   event.model_dump_json(exclude_none=True), created_at,
                   *(item for pair in fields.items() for item in pair)],
+            client=pipe,
         )  # fmt: skip
-        if len(answer) > 1 and answer[1] is not None:
-            await self.start_lanes([(phone_number_id, _text(answer[1]))])
-        return _text(answer[0])
+        if pipe is not None:
+            return ""
+        result, token = self.parse_requeue(answer)
+        if token is not None:
+            await self.start_lanes([(phone_number_id, token)])
+        return result
+
+    @staticmethod
+    def parse_requeue(answer: list[Any]) -> tuple[str, str | None]:
+        """A requeue's result (ok, missing, changed) and the lane token it asks to start."""
+        token = answer[1] if len(answer) > 1 else None
+        return _text(answer[0]), _text(token) if token is not None else None
 
     async def cancel(self, message_id: str, *, detail: str = "cancelled") -> tuple[str, str | None]:
         """Take a message back before it is handed to Meta.
@@ -473,15 +488,37 @@ class Transitions:
             return kind, None
         return kind, _text(answer[1]) if len(answer) > 1 else None
 
-    async def purge(self, message_id: str, *, expected_entry: str, detail: str) -> str:
-        """Drop a dead letter for good (the message stays ``dead``): ok, missing or changed."""
-        event = StatusEvent(at=time.time(), state=MessageState.DEAD, detail=detail)
+    async def purge(
+        self, message_id: str, *, expected_entry: str, pipe: Pipeline | None = None
+    ) -> str:
+        """Drop a dead letter, and its dead message's record, for good: ok, missing or changed.
+
+        On a caller's ``pipe`` only queued (its answer's first item is the result).
+        """
         answer = await self._purge(
             keys=[keys.dead_letter(message_id), keys.DEAD_LETTERS, keys.DEAD_LETTER_COUNTS,
-                  keys.message_history(message_id)],
-            args=[message_id, expected_entry, event.model_dump_json(exclude_none=True)],
+                  keys.message_history(message_id), keys.message(message_id)],
+            args=[message_id, expected_entry],
+            client=pipe,
         )  # fmt: skip
-        return _text(answer[0])
+        return "" if pipe is not None else _text(answer[0])
+
+    async def expire_dead_letters(self, older_than_s: float, *, chunk: int = 500) -> int:
+        """Drop the dead letters that died ``older_than_s`` ago, a bounded chunk per step.
+
+        Each step holds Redis for one chunk (about 20 µs an entry); returns how many went.
+        """
+        cutoff = time.time() - older_than_s
+        dropped = 0
+        while True:
+            n = int(
+                await self._expire_dead_letters(
+                    keys=[keys.DEAD_LETTERS, keys.DEAD_LETTER_COUNTS], args=[cutoff, chunk]
+                )
+            )
+            dropped += n
+            if n < chunk:
+                return dropped
 
 
 async def start_jobs(

@@ -239,3 +239,25 @@ async def start_worker(
                     stuck.print_stack(limit=8)
         await asyncio.gather(task, return_exceptions=True)
         await asyncio.wait_for(worker.close(), 10)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say loudly what was skipped and why, and how to run it (a quiet skip reads as a pass)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.write_sep("!", f"{len(skipped)} TESTS SKIPPED, NOT RUN", red=True, bold=True)
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"  {count:>3} x {reason}", yellow=True)
+    if any("chromium" in reason for reason in reasons):
+        terminalreporter.write_line(
+            "  The console and report tests need a Chromium: `apt install chromium` (or set "
+            "WAQ_CHROMIUM to one); WAQ_REQUIRE_BROWSER=1 makes a missing one fail the run.",
+            yellow=True,
+        )

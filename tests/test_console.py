@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from producer.broadcasts import Broadcasts, BroadcastSpec, Recipient
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
 from tests.receiver import ReceiverServer
 from tests.support import CUSTOMER, STRANGER, Pipeline
+from tests.test_dlq import store_for
+from tests.test_operator_reads import seed
 from worker.subscriptions import SubscriptionSpec, SubscriptionStore
 from worker.webhook_sender import WebhookConfig
 
@@ -365,3 +368,92 @@ async def test_removing_an_admin_key_ends_its_sessions(
             refused = await client.get("/console/numbers")
     assert refused.status_code == 303
     assert "/console/login" in refused.headers["location"]
+
+
+async def test_search_leads_to_a_message_and_its_whole_timeline(
+    page: Page, pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """The header's search finds a message by its id, wamid, phone number or idempotency
+    key; its page shows every step from queued to accepted, the request, and for a dead
+    message the error and a way to its dead letter."""
+    await pipeline.customer_writes(sandbox, CUSTOMER)
+    sent = await pipeline.send(to=CUSTOMER, idempotency_key="order-1187-shipped")
+    dead = await pipeline.send(to=STRANGER)
+    await pipeline.run_worker()
+    status = await pipeline.status(sent.message_id)
+    assert status.wamid is not None
+
+    await sign_in(page)
+    for query in (sent.message_id, status.wamid, "order-1187-shipped", "+1 650 555 1234"):
+        await page.fill("header input[name=q]", query)
+        await page.press("header input[name=q]", "Enter")
+        await page.wait_for_url(f"**/console/messages/{sent.message_id}")
+    assert CUSTOMER == "+16505551234"
+    assert await page.inner_text("#state") == "accepted"
+    steps = await page.locator("#timeline tbody tr td:nth-child(2)").all_inner_texts()
+    assert steps[0] == "queued"
+    assert steps[-1] == "accepted"
+    assert "sending" in steps
+    assert '"body"' in await page.inner_text("#request")
+    await shot(page, "09-message-timeline")
+
+    await page.fill("header input[name=q]", STRANGER)
+    await page.press("header input[name=q]", "Enter")
+    await page.wait_for_url(f"**/console/messages/{dead.message_id}")
+    assert "131047" in await page.inner_text("#dead-letter")
+    await page.fill("header input[name=q]", "no-such-key")
+    await page.press("header input[name=q]", "Enter")
+    await page.wait_for_url("**/console/search?q=no-such-key")
+    assert "idempotency key: 0 found" in await page.inner_text("#found-as")
+
+
+async def test_the_overview_charts_a_short_run_and_refreshes_itself(
+    page: Page, pipeline: Pipeline, sandbox: SandboxClient
+) -> None:
+    """After a short run the overview's figures and charts have data (sends per number
+    against the limit, outcomes, dead letters by code, depth, latency), and the page
+    refreshes itself without a reload."""
+    await pipeline.customer_writes(sandbox, CUSTOMER)
+    for _ in range(5):
+        await pipeline.send(to=CUSTOMER)
+    await pipeline.send(to=STRANGER)
+    await pipeline.run_worker()
+    await sign_in(page)
+    await page.goto("/console")
+    await page.wait_for_url("**/console/overview")
+    assert await page.inner_text("[data-figure=dead_letters]") == "1"
+    for chart in ("chart-sends", "chart-outcomes", "chart-dead", "chart-latency", "chart-depth"):
+        points = await page.get_attribute(f"#{chart}", "data-points")
+        assert points is not None, chart
+        if chart != "chart-depth":  # depth: a sweep wrote it (0 once the run ended)
+            assert int(points) > 0, chart
+    assert "limit" in (await page.inner_html("#chart-sends"))
+    await shot(page, "10-overview")
+    await page.wait_for_function(
+        "document.getElementById('refreshed').textContent.startsWith('live, updated')",
+        timeout=8000,
+    )
+    assert await page.inner_text("[data-figure=dead_letters]") == "1"
+
+
+async def test_dead_letters_page_through_a_large_queue(page: Page, redis: Redis) -> None:
+    """5,000 entries: 100 a page with the exact count; "Older" continues where the page
+    ended, and a filter pages its own index."""
+    store = store_for(redis)
+    await seed(store, 5000, at=time.time())
+    await sign_in(page)
+    assert "Dead letters (5000)" in await page.inner_text("h1")
+    assert "5000 matches" in await page.inner_text("#matching")
+    first = await page.locator("#letters tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.id)"
+    )
+    await page.click("#next")
+    second = await page.locator("#letters tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.id)"
+    )
+    assert len(first) == len(second) == 100
+    assert not set(first) & set(second)
+    assert [x.id for x in (await store.page(limit=200)).letters] == first + second
+    await page.goto("/console/dead-letters?code=131026")
+    assert "1667 matches" in await page.inner_text("#matching")
+    await shot(page, "11-dead-letters-paged")

@@ -170,9 +170,13 @@ async def test_bulk_commands_need_a_selection_and_a_yes(redis: Redis, env: dict[
     accepted = await waq(env, "dlq", "purge", "--code", "131026", answer="y\n")
     assert "purge: 1 done" in accepted.output
     assert [x.id for x in await store.list()] == ["m_1"]
-    history = await redis.lrange(keys.message_history("m_2"), 0, -1)
-    assert "purged from the dead-letter queue" in history[-1].decode()
+    # The dead message's record and history went with its entry, and an event says so.
+    assert not await redis.exists(keys.message("m_2"), keys.message_history("m_2"))
+    [(_, event)] = await redis.xrevrange(keys.EVENTS, count=1)
+    assert event[b"type"] == b"message.purged"
+    assert json.loads(event[b"data"])["message_id"] == "m_2"
     assert (await store.stats()).by_code == {"131047": 1}
+    assert await redis.zrange(keys.dead_letter_index("code:131026"), 0, -1) == []
 
     everything = await waq(env, "dlq", "purge", "--all", "--yes")
     assert everything.exit_code == 0
@@ -294,9 +298,8 @@ async def test_a_bulk_move_killed_half_way_loses_and_doubles_nothing(
     assert 0 < len(left) < total, "the kill should land mid-way"
     moved = every - left
     if command[0] == "purge":
-        for message_id in moved:
-            history = await redis.lrange(keys.message_history(message_id), 0, -1)
-            assert json.loads(history[-1])["detail"].startswith("purged"), message_id
+        for message_id in moved:  # the record went with the entry
+            assert not await redis.exists(keys.message(message_id)), message_id
     else:
         queued = {
             i.decode()
@@ -311,7 +314,7 @@ async def test_a_bulk_move_killed_half_way_loses_and_doubles_nothing(
         }
         assert kinds == ({"template"} if command[0] == "requeue-template" else {"text"})
     states = {(await redis.hget(keys.message(i), "state") or b"").decode() for i in every}
-    assert states == ({"dead"} if command[0] == "purge" else {"dead", "queued"})
+    assert states == ({"dead", ""} if command[0] == "purge" else {"dead", "queued"})
     stats = await store.stats()
     assert stats.total == len(left) == sum(stats.by_code.values())
 

@@ -8,10 +8,12 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
+from jsonschema import validate
 from redis.asyncio import Redis
 
 from gateway.conversations import ConversationStore
@@ -26,6 +28,7 @@ from worker.windows import WindowStore
 PNID = DEFAULT_PHONE_NUMBER_ID
 CUSTOMER = "+16505551234"
 TEXT = {"type": "text", "text": {"body": "Your order shipped"}}
+_JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -156,14 +159,14 @@ async def test_invalid_send_is_422_naming_the_field(
     assert field in [e["field"] for e in answer["errors"]]
 
 
-async def test_non_json_body_is_a_clear_422(api: httpx.AsyncClient) -> None:
-    """A body that is not JSON is refused with the shape every error has."""
+async def test_non_json_body_is_a_clear_400(api: httpx.AsyncClient) -> None:
+    """A body that is not JSON is refused as such, with the shape every error has."""
     response = await api.post(
         "/v1/messages", content=b"{nope", headers={"Content-Type": "application/json"}
     )
-    assert response.status_code == 422
+    assert response.status_code == 400
     body = response.json()
-    assert body["error"] == "invalid_request"
+    assert body["error"] == "invalid_json"
     assert (body["field"], body["errors"][0]["rule"]) == ("(body)", "json_invalid")
     assert "not JSON (at character 1)" in body["detail"]  # not "field": "1", an offset
 
@@ -402,9 +405,51 @@ async def test_curl_session_flow_reaches_delivered(
         return bool((await api.get(f"/v1/messages/{message_id}")).json()["state"] == "read")
 
     await eventually(read)
-    history = [e["state"] for e in (await api.get(f"/v1/messages/{message_id}")).json()["history"]]
+    status = (await api.get(f"/v1/messages/{message_id}")).json()
+    history = [e["state"] for e in status["history"]]
     assert history[:3] == ["queued", "sending", "accepted"]
     assert set(history[3:]) == {"sent", "delivered", "read"}
+    # ISO 8601 UTC times, in the order recorded; Meta's whole-second stamps kept apart.
+    times = [datetime.fromisoformat(e["at"]) for e in status["history"]]
+    assert times == sorted(times)
+    assert all(e["at"].endswith("Z") for e in status["history"])
+    assert datetime.fromisoformat(status["created_at"]).timestamp() == pytest.approx(
+        status["created_at_s"], abs=1e-3
+    )
+    delivered = next(e for e in status["history"] if e["state"] == "delivered")
+    assert datetime.fromisoformat(delivered["reported_at"]).microsecond == 0
+    document = (await api.get("/openapi.json")).json()
+    schema = document["paths"]["/v1/messages/{message_id}"]["get"]["responses"]["200"]
+    validate(status, {**schema["content"]["application/json"]["schema"], **document})
+
+
+async def test_real_error_bodies_match_the_openapi_document(api: httpx.AsyncClient) -> None:
+    """Each refusal (invalid JSON, a bad field, no key, unknown id, a reused key) answers
+    the body the document declares for it, named by a machine-readable code."""
+    document = (await api.get("/openapi.json")).json()
+    send = document["paths"]["/v1/messages"]["post"]["responses"]
+    read = document["paths"]["/v1/messages/{message_id}"]["get"]["responses"]
+    body = {"phone_number_id": DEFAULT_PHONE_NUMBER_ID, "to": "+16505551234", "message": TEXT}
+    refusals = [
+        (await api.post("/v1/messages", content=b'{"to": ', headers=_JSON), send, "invalid_json"),
+        (await api.post("/v1/messages", json={**body, "to": "12"}), send, "invalid_request"),
+        (await api.get("/v1/messages/m_nope", headers={"X-API-Key": "wrong"}), read, None),
+        (await api.get("/v1/messages/m_nope"), read, "message_not_found"),
+    ]
+    await api.post("/v1/messages", json=body, headers={"Idempotency-Key": "k-1"})
+    reused = await api.post(
+        "/v1/messages", json={**body, "message": {"type": "text", "text": {"body": "other"}}},
+        headers={"Idempotency-Key": "k-1"},
+    )  # fmt: skip
+    refusals.append((reused, send, "idempotency_key_reused"))
+    for answer, responses, code in refusals:
+        assert 400 <= answer.status_code < 500, answer.text
+        declared = responses.get(str(answer.status_code)) or responses["4XX"]
+        validate(answer.json(), {**declared["content"]["application/json"]["schema"], **document})
+        if code is not None:
+            assert answer.json()["error"] == code, answer.text
+    assert refusals[0][0].status_code == 400
+    assert refusals[0][0].json()["field"] == "(body)"
 
 
 async def test_statuses_out_of_order_and_duplicated_never_go_back(

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from playwright.async_api import async_playwright
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
 from producer import keys
 from sandbox import DEFAULT_PHONE_NUMBER_ID, BackgroundServer, SandboxClient, SandboxServer
 from tests.conftest import API_KEY
+from tests.test_console import ARTIFACTS, CHROMIUM_FLAGS, chromium_path
 from waq.cli import app
 from waq.loadtest import LoadTestRefused
 from waq.loadtest_run import LoadRun
@@ -115,3 +120,54 @@ def test_embedded_loadtest_through_the_cli(tmp_path: Path) -> None:
     assert report["unfinished"] == 0
     assert set(report["states"]) <= {"delivered", "read"}
     assert sum(report["states"].values()) == 200
+
+
+async def test_on_a_terminal_a_progress_bar_ends_before_the_report_and_the_html_opens(
+    tmp_path: Path,
+) -> None:
+    """Run on a pseudo-terminal, as an operator's shell runs it: rich draws the bars, which end
+    on their own line, so the report starts clean; --report writes a page that Chromium opens
+    with its charts drawn (the rate against the limit, the latency distribution)."""
+    primary, secondary = pty.openpty()
+    out = tmp_path / "report.html"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "waq", "loadtest", "--embedded", "-n", "150", "--recipients",
+        "15", "--mps", "150", "--timeout", "90", "--report", str(out),
+        stdin=secondary, stdout=secondary, stderr=secondary, cwd=tmp_path,
+        env={**os.environ, "WAQ_LOG_LEVEL": "WARNING", "COLUMNS": "120", "TERM": "xterm"},
+    )  # fmt: skip
+    os.close(secondary)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = await asyncio.to_thread(os.read, primary, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
+    os.close(primary)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    assert any(line.startswith("150 messages to 15 recipients") for line in lines), text[-1500:]
+    assert any("final" in line and "150/150" in line for line in lines), text[-1500:]
+
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("WAQ_REQUIRE_BROWSER") == "1":
+            pytest.fail("WAQ_REQUIRE_BROWSER=1 but no chromium on PATH")
+        pytest.skip("no chromium on PATH (apt install chromium)")
+    async with async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1200, "height": 900})
+            await page.goto(out.as_uri())
+            assert int(await page.get_attribute("#chart-rate", "data-points") or 0) > 0
+            assert int(await page.get_attribute("#chart-latency", "data-points") or 0) > 0
+            assert re.search(r"(delivered|read)\s+150", await page.inner_text("#states"))
+            assert "limit" in await page.inner_html("#chart-rate")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "12-loadtest-report.png"), full_page=True)
+        finally:
+            await browser.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,6 +29,7 @@ from waq.demo import run_demo
 from waq.dlq import dlq
 from waq.embedded import redis_for
 from waq.loadtest import LoadTestRefused
+from waq.loadtest_report import render_html
 from waq.loadtest_run import LoadRun, Via
 from waq.ops import limits, pause, resume, status
 from waq.optouts import optouts
@@ -126,6 +128,7 @@ def _worker_config(settings: Settings, redis_url: str, **overrides: Any) -> Work
         template_sync_s=settings.template_sync_s,
         events_maxlen=settings.events_maxlen,
         window_closing_lead_s=settings.window_closing_lead_s,
+        dlq_retention_s=settings.dlq_retention_s,
         webhooks=WebhookConfig(
             timeout_s=settings.webhook_timeout_s,
             retry_schedule_s=tuple(settings.webhook_retry_schedule),
@@ -297,6 +300,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         ),
         opt_out_keywords=tuple(settings.opt_out_keywords),
         opt_in_keywords=tuple(settings.opt_in_keywords),
+        conversation_retention_s=settings.conversation_retention_s,
     )
 
 
@@ -335,6 +339,10 @@ def loadtest(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Stop watching after this many seconds.")] = 120,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+    report_file: Annotated[
+        str | None,
+        typer.Option("--report", help="Also write the report as a self-contained HTML page."),
+    ] = None,
     allow_production: Annotated[
         bool,
         typer.Option(help="Allow a Graph API that is not a sandbox (needs --allow-recipients)."),
@@ -364,4 +372,7 @@ def loadtest(
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
     typer.echo(report.model_dump_json(indent=2) if as_json else report.render())
+    if report_file:
+        Path(report_file).write_text(render_html(report), encoding="utf-8")
+        typer.echo(f"report written to {report_file}", err=True)
     raise typer.Exit(0 if report.unfinished == 0 else 1)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Literal
 
 import typer
 from redis.asyncio import Redis
@@ -25,8 +25,9 @@ from worker.dead_letters import (
     DeadLetterFilter,
     DeadLetterStats,
     DeadLetterStore,
+    MoveReport,
     MoveResult,
-    move_each,
+    RequestFor,
 )
 from worker.logs import format_age, shorten_phone
 from worker.template_rewrite import RewriteError, TemplateRewrite
@@ -190,8 +191,9 @@ def dlq_requeue(
         select_all=select_all,
         dry_run=dry_run,
         yes=yes,
-        act=lambda store, letter: store.requeue(letter, note=note),
-        warn=_closed_windows,
+        action="requeue",
+        note=note,
+        warn=True,
     )
 
 
@@ -238,9 +240,6 @@ def dlq_requeue_template(
     )  # fmt: skip
     label = f"template {template} ({language})" + (f": {note}" if note else "")
 
-    async def act(store: DeadLetterStore, letter: DeadLetter) -> MoveResult:
-        return await store.requeue(letter, request=rewrite.request_for(letter), note=label)
-
     def preview(letter: DeadLetter) -> str:
         try:
             filled = rewrite.request_for(letter)["message"]["template"]
@@ -255,7 +254,9 @@ def dlq_requeue_template(
         select_all=select_all,
         dry_run=dry_run,
         yes=yes,
-        act=act,
+        action="requeue",
+        request_for=rewrite.request_for,
+        note=label,
         describe=preview,
     )
 
@@ -270,11 +271,13 @@ def dlq_purge(
     older_than: OlderThan = None,
     newer_than: NewerThan = None,
     select_all: All = False,
-    note: Annotated[str, typer.Option(help="Why, kept in each message's history.")] = "",
     dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
-    """Drop dead letters for good (their messages stay dead). Export them first if in doubt."""
+    """Drop dead letters for good, with their messages' records. Export them first if in doubt.
+
+    Services hear of each through a ``message.purged`` event.
+    """
     selection = _selection(
         ids=ids, code=code, suggestion=suggestion, phone_number_id=phone_number_id, to=to,
         older_than=older_than, newer_than=newer_than,
@@ -285,8 +288,26 @@ def dlq_purge(
         select_all=select_all,
         dry_run=dry_run,
         yes=yes,
-        act=lambda store, letter: store.purge(letter, note=note),
+        action="purge",
     )
+
+
+@dlq.command("reindex")
+def dlq_reindex() -> None:
+    """Rebuild the per-code, suggestion and sender indexes that filtered listings page through.
+
+    Once, after upgrading from a waq without them; safe to run again.
+    """
+    settings = Settings()
+
+    async def go() -> int:
+        redis = open_redis(settings)
+        try:
+            return await dead_letter_store(redis, settings).reindex()
+        finally:
+            await redis.aclose()
+
+    typer.echo(f"reindexed {run(go())} dead letters")
 
 
 @dlq.command("export")
@@ -329,9 +350,6 @@ def dlq_export(
         typer.echo(f"exported {written} dead letters to {output}", err=True)
 
 
-Act = Callable[[DeadLetterStore, DeadLetter], Awaitable[MoveResult]]
-
-
 def _bulk(
     verb: str,
     selection: DeadLetterFilter,
@@ -339,11 +357,18 @@ def _bulk(
     select_all: bool,
     dry_run: bool,
     yes: bool,
-    act: Act,
+    action: Literal["requeue", "purge"],
+    request_for: RequestFor | None = None,
+    note: str = "",
     describe: Callable[[DeadLetter], str] | None = None,
-    warn: Callable[[Redis, Settings, list[DeadLetter]], Awaitable[str | None]] | None = None,
+    warn: bool = False,
 ) -> None:
-    """Select, show, confirm, then move entries one script each, reporting progress."""
+    """Select, show, confirm, then stream the selection through the moves, with progress.
+
+    The count comes from the indexes and the table from the first page, so selecting
+    300,000 entries reads 20 of them; the move then takes what had died when the selection
+    was shown, a pipelined chunk at a time.
+    """
     if selection.is_empty and not select_all:
         typer.echo(
             f"error: {verb} needs message ids, a filter (--code, --suggestion, --to, ...) or --all",
@@ -352,31 +377,37 @@ def _bulk(
         raise typer.Exit(2)
     settings = Settings()
 
-    async def go() -> dict[str, int]:
+    async def go() -> MoveReport | None:
         redis = open_redis(settings)
         try:
             store = dead_letter_store(redis, settings)
-            letters = [letter async for letter in store.scan(selection)]
-            if not letters:
+            selected_at = time.time()
+            first = await store.page(selection, limit=20)
+            if not first.letters:
                 typer.echo("no dead letters match")
-                return {}
-            typer.echo(_table(letters[:20], describe=describe))
-            if len(letters) > 20:
-                typer.echo(f"... and {len(letters) - 20} more")
-            if warn is not None and (warning := await warn(redis, settings, letters)):
+                return None
+            matching = await store.matching(selection)
+            many = str(matching.count) if matching.exact else f"up to {matching.count}"
+            typer.echo(_table(first.letters, describe=describe))
+            if first.next_cursor is not None:
+                more = matching.count - len(first.letters)
+                typer.echo(f"... and {more if matching.exact else 'up to ' + str(more)} more")
+            if warn and (warning := await _closed_windows(redis, settings, store, selection,
+                                                           selected_at)):  # fmt: skip
                 typer.echo(f"warning: {warning}", err=True)
             if dry_run:
-                typer.echo(f"dry run: would {verb} {len(letters)} dead letters; nothing changed")
-                return {}
-            if not yes and not typer.confirm(f"{verb} {len(letters)} dead letters?"):
+                typer.echo(f"dry run: would {verb} {many} dead letters; nothing changed")
+                return None
+            if not yes and not typer.confirm(f"{verb} {many} dead letters?"):
                 typer.echo("nothing changed")
-                return {}
-            return await _move_all(verb, store, letters, act)
+                return None
+            return await _move_all(verb, store, selection, selected_at, action, request_for, note)
         finally:
             await redis.aclose()
 
-    outcome = run(go())
-    if outcome:
+    report = run(go())
+    if report is not None:
+        outcome = dict(report.outcome)
         done = outcome.pop(MoveResult.OK.value, 0)
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(outcome.items()))
         typer.echo(f"{verb}: {done} done" + (f"; skipped {skipped}" if skipped else ""))
@@ -385,34 +416,59 @@ def _bulk(
 
 
 async def _move_all(
-    verb: str, store: DeadLetterStore, letters: list[DeadLetter], act: Act
-) -> dict[str, int]:
+    verb: str,
+    store: DeadLetterStore,
+    selection: DeadLetterFilter,
+    selected_at: float,
+    action: Literal["requeue", "purge"],
+    request_for: RequestFor | None,
+    note: str,
+) -> MoveReport:
     shown = time.monotonic()
+    started = shown
 
     def refused(letter: DeadLetter, exc: WaqError) -> None:
         typer.echo(f"{letter.id}: not moved: {exc.detail}", err=True)
 
-    def progress(done: int, total: int) -> None:
+    def progress(report: MoveReport) -> None:
         nonlocal shown
-        if done % 500 == 0 or time.monotonic() - shown > 2:
+        if report.seen % 1000 < 200 or time.monotonic() - shown > 2:
             shown = time.monotonic()
-            typer.echo(f"{verb}: {done}/{total}", err=True)
+            rate = report.seen / max(shown - started, 1e-3)
+            typer.echo(f"{verb}: {report.seen} ({rate:,.0f}/s)", err=True)
 
-    return await move_each(
-        letters, lambda letter: act(store, letter), on_refused=refused, on_progress=progress
-    )
+    return await store.move_all(
+        action, selection, until=selected_at, request_for=request_for, note=note,
+        on_refused=refused, on_progress=progress,
+    )  # fmt: skip
 
 
 async def _closed_windows(
-    redis: Redis, settings: Settings, letters: list[DeadLetter]
+    redis: Redis,
+    settings: Settings,
+    store: DeadLetterStore,
+    selection: DeadLetterFilter,
+    selected_at: float,
 ) -> str | None:
+    """How many selected free-form messages go to customers whose window is closed.
+
+    Streams the selection, one pipelined read of the windows per chunk.
+    """
     windows = WindowStore(redis, margin_s=settings.window_margin_s)
     closed = 0
-    for letter in letters:
-        if letter.type != "template" and not await windows.is_open(
-            letter.phone_number_id, letter.to.removeprefix("+")
-        ):
-            closed += 1
+    chunk: list[DeadLetter] = []
+
+    async def check() -> int:
+        free = [x for x in chunk if x.type != "template"]
+        opened = await windows.are_open((x.phone_number_id, x.to.removeprefix("+")) for x in free)
+        return sum(not is_open for is_open in opened)
+
+    async for letter in store.scan(selection, until=selected_at):
+        chunk.append(letter)
+        if len(chunk) == 200:
+            closed += await check()
+            chunk = []
+    closed += await check()
     if not closed:
         return None
     return (

@@ -28,7 +28,7 @@ from producer.client import Producer
 from producer.errors import WaqError
 from producer.status import MessageState, StatusEvent
 
-__all__ = ["LoadReport", "LoadTest", "LoadTestRefused", "is_sandbox"]
+__all__ = ["LoadProgress", "LoadReport", "LoadTest", "LoadTestRefused", "is_sandbox"]
 
 _DONE = frozenset({MessageState.DELIVERED, MessageState.READ, MessageState.DEAD,
                    MessageState.FAILED})  # fmt: skip
@@ -72,6 +72,19 @@ class Latency(BaseModel):
         return cls(count=len(ordered), p50=at(0.5), p90=at(0.9), p99=at(0.99), max=at(1.0))
 
 
+@dataclass(frozen=True, slots=True)
+class LoadProgress:
+    """Where a load test is, with the states counted so far.
+
+    Enqueueing: ``done`` of ``total`` in; watching: ``done`` of ``total`` final.
+    """
+
+    phase: Literal["enqueue", "watch"]
+    done: int
+    total: int
+    states: dict[str, int] = field(default_factory=dict)
+
+
 class LoadReport(BaseModel):
     """What became of a load test's messages."""
 
@@ -95,6 +108,14 @@ class LoadReport(BaseModel):
     """Messages not final when the watch ended (deadline passed)."""
     rejected: int = 0
     """Requests the gateway refused (each with its error in the batch answer)."""
+    limit_mps: float | None = None
+    """The senders' rate limits together (what the send rate is held under)."""
+    accepted_per_second: list[int] = []
+    """Acceptances in each second from the first (the rate over time)."""
+    latency_histogram_s: dict[str, list[int]] = {}
+    """Enqueue-to-accepted and -to-delivered counts per ``LATENCY_EDGES_S`` bucket."""
+    settings: dict[str, Any] = {}
+    """How the test was run (for the report file)."""
 
     def render(self) -> str:
         """The report as an operator reads it."""
@@ -112,11 +133,13 @@ class LoadReport(BaseModel):
         for name, latency in (
             ("enqueue → accepted ", self.enqueue_to_accepted),
             ("enqueue → delivered", self.enqueue_to_delivered),
-        ):
+        ):  # delivered: when waq had Meta's status (Meta stamps it to the whole second)
             lines.append(
                 f"{name}  p50 {ms(latency.p50)}  p90 {ms(latency.p90)}  p99 {ms(latency.p99)}"
                 f"  max {ms(latency.max)}  (n={latency.count})"
             )
+        lines.append("          (delivered: when waq had Meta's status webhook; Meta's own "
+                     "timestamps are whole seconds)")  # fmt: skip
         lines.append("states    " + ", ".join(f"{k} {v}" for k, v in sorted(self.states.items())))
         dead = ", ".join(f"{k}: {v}" for k, v in self.dead_letters_by_code.items()) or "none"
         lines.append(f"dead letters by code  {dead}")
@@ -142,10 +165,12 @@ class LoadTest:
     template: str | None = None
     timeout_s: float = 120.0
     queue_name: str = keys.DEFAULT_QUEUE
+    default_mps: float = 80.0
+    """The rate of a sender with no configured limit (for the report's limit line)."""
     conversation_key: str | None = None
     """The deployment's WAQ_CONVERSATION_KEY, if it sets one (the producer names
     conversations with it)."""
-    progress: Callable[[str], None] = lambda _: None
+    progress: Callable[[LoadProgress], None] = lambda _: None
     ids: list[str] = field(default_factory=list)
     rejected: int = 0
 
@@ -200,7 +225,7 @@ class LoadTest:
                     self.rejected += sum(1 for item in results if not item.get("id"))
                 else:
                     self.ids += [e.message_id for e in await producer.enqueue_many(chunk)]
-                self.progress(f"enqueued {len(self.ids)}/{len(requests)}")
+                self.progress(LoadProgress("enqueue", len(self.ids) + self.rejected, len(requests)))
                 if self.rate > 0:  # pace: the next batch is due at (sent + batch) / rate
                     due = started + (sent + len(chunk)) / self.rate
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
@@ -226,9 +251,7 @@ class LoadTest:
             for state in states:
                 counts[state or "unknown"] = counts.get(state or "unknown", 0) + 1
             left = sum(n for s, n in counts.items() if s not in _DONE)
-            self.progress(
-                "  ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"  (waiting for {left})"
-            )
+            self.progress(LoadProgress("watch", len(states) - left, len(states), counts))
             if left == 0 or time.monotonic() > deadline:
                 return left
             await asyncio.sleep(0.5)
@@ -240,6 +263,8 @@ class LoadTest:
         states: dict[str, int] = {}
         dead: dict[str, int] = {}
         retries = waits = 0
+        limits = await self.redis.hmget(keys.RATE_LIMITS, self.senders)  # type: ignore[misc]
+        limit_mps = sum(float(v) if v is not None else self.default_mps for v in limits)
         for start in range(0, len(self.ids), 500):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for message_id in self.ids[start : start + 500]:
@@ -264,6 +289,9 @@ class LoadTest:
                 retries += sum(1 for e in events if e.state is MessageState.RETRYING)
                 waits += any("rate limit" in (e.detail or "") for e in events)
         span = max(accepted_at) - min(accepted_at) if len(accepted_at) > 1 else 0.0
+        per_second = [0] * (int(span) + 1 if accepted_at else 0)
+        for at in accepted_at:
+            per_second[int(at - min(accepted_at))] += 1
         return LoadReport(
             messages=len(self.ids),
             recipients=len(self.recipients),
@@ -280,4 +308,22 @@ class LoadTest:
             rate_limit_waits=waits,
             unfinished=unfinished,
             rejected=self.rejected,
-        )
+            limit_mps=limit_mps,
+            accepted_per_second=per_second,
+            latency_histogram_s={
+                "enqueue → accepted": _histogram(to_accepted),
+                "enqueue → delivered": _histogram(to_delivered),
+            },
+            settings={"messages": self.messages, "rate": self.rate, "via": self.via,
+                      "recipients": len(self.recipients), "senders": self.senders,
+                      "template": self.template, "timeout_s": self.timeout_s},
+        )  # fmt: skip
+
+
+def _histogram(values: list[float]) -> list[int]:
+    """Counts per ``keys.LATENCY_EDGES_S`` bucket (the last: slower than every edge)."""
+    edges = keys.LATENCY_EDGES_S
+    counts = [0] * (len(edges) + 1)
+    for value in values:
+        counts[next((i for i, edge in enumerate(edges) if value <= edge), len(edges))] += 1
+    return counts

@@ -17,10 +17,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from redis.asyncio import Redis
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from gateway import GatewayConfig, create_app
 from sandbox import BackgroundServer, SandboxClient, SandboxProcess, free_port, sender_ids
-from waq.loadtest import LoadReport, LoadTest, LoadTestRefused, is_sandbox
+from waq.loadtest import LoadProgress, LoadReport, LoadTest, LoadTestRefused, is_sandbox
 from waq.settings import Settings
 from worker.windows import WindowStore
 
@@ -100,7 +109,13 @@ class LoadRun:
                          f"{self.workers} workers")  # fmt: skip
                 return asyncio.run(
                     self._run(
-                        redis_url, sandbox.url, senders, gateway_url, _API_KEY, sandbox_mps=self.mps
+                        redis_url,
+                        sandbox.url,
+                        senders,
+                        gateway_url,
+                        _API_KEY,
+                        sandbox_mps=self.mps,
+                        default_mps=self.mps or settings.default_mps,
                     )
                 )
         finally:
@@ -122,6 +137,7 @@ class LoadRun:
                 str(settings.redis_url), settings.graph_base_url, senders,
                 settings.gateway_url, api_key,
                 conversation_key=key.get_secret_value() if key else None,
+                default_mps=settings.default_mps,
             )
         )  # fmt: skip
 
@@ -135,6 +151,7 @@ class LoadRun:
         *,
         sandbox_mps: float | None = None,
         conversation_key: str | None = None,
+        default_mps: float = 80.0,
     ) -> LoadReport:
         sandboxed = await is_sandbox(graph_base_url)
         if not sandboxed and not self.allow_production:
@@ -150,6 +167,7 @@ class LoadRun:
             else self.allow_recipients
         )
         redis = Redis.from_url(redis_url)
+        progress = _Progress(self.say)
         try:
             if sandbox_mps:  # the embedded fake Meta allows what the workers were told
                 async with SandboxClient(graph_base_url) as sandbox:
@@ -161,11 +179,13 @@ class LoadRun:
                 redis=redis, senders=senders, recipients=recipients, messages=self.messages,
                 rate=self.rate, via="gateway" if self.via == "gateway" else "producer",
                 gateway_url=gateway_url, api_key=api_key, template=self.template,
-                timeout_s=self.timeout_s, progress=_Progress(self.say),
+                timeout_s=self.timeout_s, progress=progress,
+                default_mps=default_mps,
                 conversation_key=conversation_key,
             )  # fmt: skip
             return await test.run()
         finally:
+            progress.close()
             await redis.aclose()
 
     async def _customers_write_in(
@@ -185,17 +205,38 @@ class LoadRun:
 
 
 class _Progress:
-    """One line, rewritten on a terminal; a line every two seconds otherwise."""
+    """A progress bar (rich) on a terminal, ended before the report.
+
+    Not on a terminal (CI logs, pipes): a line every two seconds.
+    """
 
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say = say
-        self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+        if sys.stderr.isatty():
+            self.bar = Progress(
+                TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[states]}"), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=False,
+            )  # fmt: skip
+            self.bar.start()
 
-    def __call__(self, line: str) -> None:
-        if self.tty:
-            sys.stderr.write(f"\r\x1b[K{line}")
-            sys.stderr.flush()
-        elif time.monotonic() - self.last >= 2:
+    def __call__(self, step: LoadProgress) -> None:
+        states = "  ".join(f"{k} {v}" for k, v in sorted(step.states.items()))
+        if self.bar is not None:
+            label = "enqueued" if step.phase == "enqueue" else "final"
+            if step.phase not in self.tasks:
+                self.tasks[step.phase] = self.bar.add_task(label, total=step.total, states="")
+            self.bar.update(self.tasks[step.phase], completed=step.done, states=states)
+            return
+        if time.monotonic() - self.last >= 2 or step.done == step.total:
             self.last = time.monotonic()
-            self.say(line)
+            verb = "enqueued" if step.phase == "enqueue" else "final"
+            self.say(f"{verb} {step.done}/{step.total}" + (f"  {states}" if states else ""))
+
+    def close(self) -> None:
+        """End the bar on its own line, so the report starts on a clean one."""
+        if self.bar is not None:
+            self.bar.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from producer.transitions import Transitions
 from waq._command import open_redis, run
 from waq.settings import Settings
 from worker.limits import RateConfig, RateLimiter
+from worker.memory import MemoryReport, read_memory
 from worker.overview import NumberState, Overview, known_numbers, read_overview
 from worker.pauses import PauseStore
 
@@ -20,21 +22,27 @@ __all__ = ["limits", "pause", "resume", "status"]
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """Each sender number's state (sending, paused and why, throttled), queue and dead letters."""
+    """Each sender number's state (sending, paused, throttled), the queue, and Redis memory."""
     settings = Settings()
 
-    async def read() -> Overview:
+    async def read() -> tuple[Overview, MemoryReport]:
         redis = open_redis(settings)
         try:
-            return await read_overview(
+            overview = await read_overview(
                 redis, queue_name=settings.queue_name, default_mps=settings.default_mps
             )
+            return overview, await read_memory(redis)
         finally:
             await redis.aclose()
 
-    overview = run(read())
+    overview, memory = run(read())
     if as_json:
-        typer.echo(overview.model_dump_json(indent=2))
+        typer.echo(
+            json.dumps(
+                {**overview.model_dump(mode="json"), "memory": memory.model_dump(mode="json")},
+                indent=2,
+            )
+        )
         return
     workers = "workers polling" if overview.workers_alive else "NO WORKER is polling the queue"
     typer.echo(
@@ -57,6 +65,25 @@ def status(
             f"{number.phone_number_id:<18} {number.state.value:<10} {number.pending:>8} "
             f"{number.dead_letters:>6} {number.mps:>7g}  {why}"
         )
+    _print_memory(memory)
+
+
+def _print_memory(memory: MemoryReport) -> None:
+    typer.echo(
+        f"\nmemory: {_size(memory.used_bytes)} used, {memory.total_keys:,} keys "
+        f"(by kind, estimated from {memory.sampled} random keys)"
+    )
+    for kind in memory.kinds:
+        typer.echo(f"  {kind.kind:<26} {'~' if kind.keys > 1 else ' '}{kind.keys:>10,} keys "
+                   f"{_size(kind.bytes):>10}")  # fmt: skip
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GB"
 
 
 def pause(

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from producer.opt_outs import DEFAULT_OPT_IN_KEYWORDS, DEFAULT_OPT_OUT_KEYWORDS
 from worker.webhook_sender import DEFAULT_RETRY_SCHEDULE_S
+from worker.windows import WINDOW_S
 
 __all__ = ["Settings"]
 
@@ -68,6 +69,17 @@ class Settings(BaseSettings):
     )
     status_retention_s: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long message status records are kept."
+    )
+    dlq_retention_s: int = Field(
+        default=30 * 24 * 3600,
+        ge=60,
+        description="How long dead letters (and their messages' records) are kept before the "
+        "workers' sweep drops them; `waq dlq export` first to keep them longer.",
+    )
+    conversation_retention_s: int = Field(
+        default=30 * 24 * 3600,
+        ge=WINDOW_S,
+        description="How long a conversation record is kept after the customer's last message.",
     )
     pause_check_s: float = Field(
         default=30.0, gt=0, description="How often jobs of a paused number look again."

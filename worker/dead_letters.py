@@ -4,24 +4,26 @@ An entry and the message's ``dead`` status are written in one step (``producer.t
 which owns every move of a message), so a message is never dead without an entry. Taking an
 entry out (requeue, purge) is one step per entry too: an operator's process killed half way
 through a bulk requeue leaves each entry either still in the queue or requeued, never gone
-and never both. The same steps keep counts by error code, suggestion and sender, so
-``stats`` costs one read however long the queue is.
+and never both. The same steps keep counts by error code, suggestion and sender, and an
+index for each, so ``stats`` costs one read and a filtered page one bounded range however
+long the queue is. Entries older than ``WAQ_DLQ_RETENTION_S`` are dropped by the worker's
+sweep, with their dead messages' records, which are kept as long as their entries.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from producer import keys
-from producer.errors import InvalidRequest, WaqError
+from producer.errors import FieldError, InvalidRequest, WaqError
 from producer.request import SendRequest
 from producer.status import MessageState, MessageStatus, StatusEvent
 from producer.status_store import StatusStore
@@ -31,11 +33,13 @@ from worker.error_table import Suggestion
 __all__ = [
     "DeadLetter",
     "DeadLetterFilter",
+    "DeadLetterPage",
     "DeadLetterStats",
     "DeadLetterStore",
-    "Move",
+    "Matching",
+    "MoveReport",
     "MoveResult",
-    "move_each",
+    "RequestFor",
 ]
 
 
@@ -169,8 +173,47 @@ class MoveResult(StrEnum):
     """Rewritten since it was read (the message died again); read it and try again."""
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    """One page of a listing, newest first; ``next_cursor`` opens the next (None: the last)."""
+
+    letters: list[DeadLetter]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Matching:
+    """How many entries a filter selects: exact, or at most ``count`` (two filters combined)."""
+
+    count: int
+    exact: bool
+
+
+@dataclass(slots=True)
+class MoveReport:
+    """What a bulk move did: outcomes by ``MoveResult`` value (or "invalid"), and how many."""
+
+    outcome: dict[str, int] = field(default_factory=dict)
+    seen: int = 0
+
+    def add(self, result: str) -> None:
+        """Count one entry's outcome."""
+        self.outcome[result] = self.outcome.get(result, 0) + 1
+        self.seen += 1
+
+
+RequestFor = Callable[[DeadLetter], dict[str, Any]]
+"""The request a requeue sends instead of the one that failed (a template rewrite)."""
+
+
 class DeadLetterStore:
-    """Writes, reads, requeues and purges dead letters; the CLI and console share it."""
+    """Writes, reads, requeues and purges dead letters; the CLI and console share it.
+
+    Every read is bounded: a listing pages through an index (the whole queue's, or a code's,
+    a suggestion's or a sender's, ``keys.dead_letter_index``) with a cursor, a chunk per
+    round trip, so the first page of 300,000 entries costs what the first of 20 does, and
+    a bulk move streams its selection in chunks with constant memory.
+    """
 
     def __init__(self, redis: Redis, statuses: StatusStore, *, queue_name: str = "") -> None:
         self.redis = redis
@@ -208,43 +251,70 @@ class DeadLetterStore:
         return DeadLetter.load(raw) if raw is not None else None
 
     async def scan(
-        self, selection: DeadLetterFilter | None = None, *, batch: int = 200
+        self,
+        selection: DeadLetterFilter | None = None,
+        *,
+        batch: int = 200,
+        until: float | None = None,
     ) -> AsyncIterator[DeadLetter]:
-        """Every matching entry, newest first, read ``batch`` at a time."""
-        selection = selection or DeadLetterFilter()
-        if selection.ids is not None:
-            for message_id in selection.ids:
-                letter = await self.get(message_id)
-                if letter is not None and selection.matches(letter):
-                    yield letter
-            return
-        now = time.time()
-        newest = now - selection.older_than_s if selection.older_than_s is not None else "+inf"
-        oldest = now - selection.newer_than_s if selection.newer_than_s is not None else "-inf"
-        ids = await self.redis.zrevrangebyscore(keys.DEAD_LETTERS, newest, oldest)
-        for start in range(0, len(ids), batch):
-            chunk = [_text(i) for i in ids[start : start + batch]]
-            for raw in await self.redis.mget([keys.dead_letter(i) for i in chunk]):
-                if raw is None:
-                    continue  # moved out since the index was read
-                letter = DeadLetter.load(raw)
-                if selection.matches(letter):
-                    yield letter
+        """Every matching entry, newest first, read ``batch`` at a time.
 
-    async def list(
-        self, selection: DeadLetterFilter | None = None, *, limit: int = 50
-    ) -> list[DeadLetter]:
-        """The newest ``limit`` matching entries."""
-        found: list[DeadLetter] = []
-        async for letter in self.scan(selection):
-            found.append(letter)
-            if len(found) >= limit:
-                break
-        return found
+        ``until``: only entries that died by then (a bulk move acts on what was selected
+        when the operator confirmed, not on what died since).
+        """
+        async for letter, _ in self._walk(selection or DeadLetterFilter(), None, batch, until):
+            yield letter
+
+    async def page(
+        self,
+        selection: DeadLetterFilter | None = None,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> DeadLetterPage:
+        """The ``limit`` newest matching entries after ``cursor`` (from a previous page)."""
+        after = _parse_cursor(cursor)
+        letters: list[DeadLetter] = []
+        last: tuple[float, str] | None = None
+        async for letter, score in self._walk(
+            selection or DeadLetterFilter(), after, max(limit, 50), None
+        ):
+            if len(letters) == limit:
+                return DeadLetterPage(letters, f"{last[0]!r}~{last[1]}" if last else None)
+            letters.append(letter)
+            last = (score, letter.id)
+        return DeadLetterPage(letters, None)
 
     async def count(self) -> int:
         """How many entries wait for an operator."""
         return int(await self.redis.zcard(keys.DEAD_LETTERS))
+
+    async def matching(
+        self,
+        selection: DeadLetterFilter | None = None,
+        *,
+        count_up_to: int = 5000,
+        until: float | None = None,
+    ) -> Matching:
+        """How many entries a filter selects, from the indexes.
+
+        Exact for no filter or one of code, suggestion, sender (with or without ages): one
+        ``ZCOUNT``. With more, or a recipient, the smallest index's count bounds it, and when
+        that bound is at most ``count_up_to`` the entries under it are read and counted.
+        """
+        selection = selection or DeadLetterFilter()
+        if selection.ids is None:
+            index, exact = await self._index(selection)
+            newest, oldest = _ages(selection, until)
+            bound = int(await self.redis.zcount(index, oldest, newest))
+        else:
+            exact, bound = False, len(selection.ids)
+        if exact or bound > count_up_to:
+            return Matching(bound, exact=exact)
+        counted = 0
+        async for _ in self.scan(selection, until=until):
+            counted += 1
+        return Matching(counted, exact=True)
 
     async def stats(self) -> DeadLetterStats:
         """Counts by code, suggestion and sender, and the oldest entry (two reads)."""
@@ -277,9 +347,117 @@ class DeadLetterStore:
 
         ``request`` replaces the one that failed (a template instead of free-form text, say);
         it is validated as the producer would (``InvalidRequest`` names the field). The
-        entry leaves the queue in the same script
-        that queues the message, and only if it is unchanged since ``letter`` was read.
+        entry leaves the queue in the same script that queues the message, and only if it
+        is unchanged since ``letter`` was read.
         """
+        valid, fields = self._requeue_record(letter, request)
+        answer = await self.transitions.requeue(
+            letter.id,
+            expected_entry=letter.stored,
+            phone_number_id=valid.phone_number_id,
+            wa_id=valid.wa_id,
+            detail=_requeue_detail(note),
+            fields=fields,
+        )
+        return MoveResult(answer)
+
+    async def purge(self, letter: DeadLetter) -> MoveResult:
+        """Drop the entry, and its dead message's record, for good; export it first if in doubt."""
+        answer = await self.transitions.purge(letter.id, expected_entry=letter.stored)
+        return MoveResult(answer)
+
+    async def move_all(
+        self,
+        action: Literal["requeue", "purge"],
+        selection: DeadLetterFilter,
+        *,
+        until: float | None = None,
+        request_for: RequestFor | None = None,
+        note: str = "",
+        chunk: int = 200,
+        on_refused: Callable[[DeadLetter, WaqError], None] | None = None,
+        on_progress: Callable[[MoveReport], None] | None = None,
+    ) -> MoveReport:
+        """Requeue or purge every matching entry, a pipelined chunk per round trip.
+
+        Memory stays one chunk however many entries match. Each entry still moves in its own
+        script (compare-and-move), so a process killed mid-way leaves each entry either in
+        the queue or moved, never both. An entry whose request no longer validates (or
+        cannot fill ``request_for``'s template) stays and is reported to ``on_refused``.
+        """
+        report = MoveReport()
+        letters: list[DeadLetter] = []
+        async for letter in self.scan(selection, batch=chunk, until=until):
+            letters.append(letter)
+            if len(letters) == chunk:
+                await self._move_chunk(
+                    action,
+                    letters=letters,
+                    request_for=request_for,
+                    note=note,
+                    report=report,
+                    on_refused=on_refused,
+                )
+                letters = []
+                if on_progress is not None:
+                    on_progress(report)
+        if letters:
+            await self._move_chunk(
+                action,
+                letters=letters,
+                request_for=request_for,
+                note=note,
+                report=report,
+                on_refused=on_refused,
+            )
+            if on_progress is not None:
+                on_progress(report)
+        return report
+
+    async def _move_chunk(
+        self,
+        action: Literal["requeue", "purge"],
+        *,
+        letters: list[DeadLetter],
+        request_for: RequestFor | None,
+        note: str,
+        report: MoveReport,
+        on_refused: Callable[[DeadLetter, WaqError], None] | None,
+    ) -> None:
+        queued: list[tuple[DeadLetter, str]] = []  # each entry in the pipe, with its sender
+        detail = _requeue_detail(note)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for letter in letters:
+                if action == "purge":
+                    await self.transitions.purge(letter.id, expected_entry=letter.stored, pipe=pipe)
+                    queued.append((letter, ""))
+                    continue
+                try:
+                    request = request_for(letter) if request_for is not None else None
+                    valid, fields = self._requeue_record(letter, request)
+                except WaqError as exc:
+                    report.add("invalid")
+                    if on_refused is not None:
+                        on_refused(letter, exc)
+                    continue
+                await self.transitions.requeue(
+                    letter.id, expected_entry=letter.stored,
+                    phone_number_id=valid.phone_number_id, wa_id=valid.wa_id, detail=detail,
+                    fields=fields, pipe=pipe,
+                )  # fmt: skip
+                queued.append((letter, valid.phone_number_id))
+            answers = await pipe.execute() if queued else []
+        tokens: list[tuple[str, str]] = []
+        for (_, sender), answer in zip(queued, answers, strict=True):
+            result, token = self.transitions.parse_requeue(answer)
+            report.add(result)
+            if token is not None:
+                tokens.append((sender, token))
+        await self.transitions.start_lanes(tokens)
+
+    def _requeue_record(
+        self, letter: DeadLetter, request: dict[str, Any] | None
+    ) -> tuple[SendRequest, dict[str, str]]:
         payload = request if request is not None else letter.request
         try:
             valid = SendRequest.model_validate(payload)
@@ -287,53 +465,165 @@ class DeadLetterStore:
             raise InvalidRequest.from_validation_error(exc) from None
         payload = valid.model_dump(mode="json", exclude_none=True)
         fields, _ = self.statuses.new_record(valid, payload)
-        detail = "requeued from the dead-letter queue" + (f": {note}" if note else "")
-        answer = await self.transitions.requeue(
-            letter.id,
-            expected_entry=letter.stored,
-            phone_number_id=valid.phone_number_id,
-            wa_id=valid.wa_id,
-            detail=detail,
-            fields=fields,
+        return valid, fields
+
+    async def reindex(self, *, chunk: int = 500) -> int:
+        """Rebuild each label's index from the entries; returns the entries seen.
+
+        For an upgrade from a waq that kept only counts. Idempotent, a pipelined chunk at a
+        time.
+        """
+        seen = 0
+        letters: list[DeadLetter] = []
+
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for letter in letters:
+                    for label in (f"code:{'' if letter.code is None else letter.code}",
+                                  f"suggestion:{letter.suggestion.value}",
+                                  f"number:{letter.phone_number_id}"):  # fmt: skip
+                        pipe.zadd(keys.dead_letter_index(label), {letter.id: letter.dead_at})
+                await pipe.execute()
+
+        async for letter in self.scan(batch=chunk):
+            letters.append(letter)
+            seen += 1
+            if len(letters) == chunk:
+                await write()
+                letters = []
+        await write()
+        return seen
+
+    async def expire(self, retention_s: float) -> int:
+        """Drop the entries older than ``retention_s`` with their records (the worker's sweep)."""
+        return await self.transitions.expire_dead_letters(retention_s)
+
+    async def _index(self, selection: DeadLetterFilter) -> tuple[str, bool]:
+        """The index to page through for a filter, and whether it is the filter exactly."""
+        labels = _labels(selection)
+        if not labels:
+            return keys.DEAD_LETTERS, selection.to is None
+        if len(labels) == 1:
+            return keys.dead_letter_index(labels[0]), selection.to is None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for label in labels:
+                pipe.zcard(keys.dead_letter_index(label))
+            sizes = await pipe.execute()
+        smallest = min(zip(sizes, labels, strict=True))[1]
+        return keys.dead_letter_index(smallest), False
+
+    async def _walk(
+        self,
+        selection: DeadLetterFilter,
+        after: tuple[float, str] | None,
+        batch: int,
+        until: float | None,
+    ) -> AsyncIterator[tuple[DeadLetter, float]]:
+        """Matching entries newest first, with their index scores, after ``after``."""
+        if selection.ids is not None:
+            for message_id in selection.ids:
+                letter = await self.get(message_id)
+                if letter is not None and selection.matches(letter):
+                    yield letter, letter.dead_at
+            return
+        index, _ = await self._index(selection)
+        newest, oldest = _ages(selection, until)
+        while True:
+            chunk = await self._ids_after(index, newest, oldest, after, batch)
+            if not chunk:
+                return
+            raws = await self.redis.mget([keys.dead_letter(i) for i, _ in chunk])
+            for (_, score), raw in zip(chunk, raws, strict=True):
+                if raw is None:
+                    continue  # moved out since the index was read
+                letter = DeadLetter.load(raw)
+                if selection.matches(letter):
+                    yield letter, score
+            after = (chunk[-1][1], chunk[-1][0])
+            if len(chunk) < batch:
+                return
+
+    async def _ids_after(
+        self,
+        index: str,
+        newest: float | str,
+        oldest: float | str,
+        after: tuple[float, str] | None,
+        batch: int,
+    ) -> list[tuple[str, float]]:
+        """A bounded ``ZREVRANGEBYSCORE ... LIMIT`` from the cursor.
+
+        Entries with the cursor's score sort by id, descending, so those up to the cursor's
+        id are skipped.
+        """
+        if after is None:
+            rows = await self.redis.zrevrangebyscore(
+                index, newest, oldest, start=0, num=batch, withscores=True
+            )
+            return [(_text(member), float(score)) for member, score in rows]
+        score_at, id_at = after
+        top = score_at if newest == "+inf" else min(score_at, float(newest))
+        ties = int(await self.redis.zcount(index, top, top))
+        rows = await self.redis.zrevrangebyscore(
+            index, top, oldest, start=0, num=batch + ties, withscores=True
         )
-        return MoveResult(answer)
+        found = [
+            (member, score)
+            for member, score in ((_text(m), float(s)) for m, s in rows)
+            if not (score == score_at and member >= id_at)
+        ]
+        return found[:batch]
 
-    async def purge(self, letter: DeadLetter, *, note: str = "") -> MoveResult:
-        """Drop the entry for good (its message stays ``dead``); export it first if in doubt."""
-        detail = "purged from the dead-letter queue" + (f": {note}" if note else "")
-        answer = await self.transitions.purge(
-            letter.id, expected_entry=letter.stored, detail=detail
+    # Last in the class: its name would hide the builtin in the annotations below it.
+    async def list(
+        self, selection: DeadLetterFilter | None = None, *, limit: int = 50
+    ) -> list[DeadLetter]:
+        """The newest ``limit`` matching entries."""
+        return (await self.page(selection, limit=limit)).letters
+
+
+def _labels(selection: DeadLetterFilter) -> list[str]:
+    """The count labels (``keys.dead_letter_index``) a filter names."""
+    labels = []
+    if selection.code is not None:
+        labels.append(f"code:{selection.code}")
+    if selection.suggestion is not None:
+        labels.append(f"suggestion:{selection.suggestion}")
+    if selection.phone_number_id is not None:
+        labels.append(f"number:{selection.phone_number_id}")
+    return labels
+
+
+def _ages(selection: DeadLetterFilter, until: float | None) -> tuple[float | str, float | str]:
+    """The index's score range (newest, oldest) for a filter's ages and a cut-off time."""
+    now = time.time()
+    newest: float | str = "+inf"
+    if selection.older_than_s is not None:
+        newest = now - selection.older_than_s
+    if until is not None:
+        newest = until if newest == "+inf" else min(float(newest), until)
+    oldest = now - selection.newer_than_s if selection.newer_than_s is not None else "-inf"
+    return newest, oldest
+
+
+def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """A page cursor (``score~id``); a malformed one is an ``InvalidRequest`` naming it."""
+    if not cursor:
+        return None
+    score, sep, message_id = cursor.partition("~")
+    try:
+        at = float(score)
+    except ValueError:
+        at = None
+    if at is None or not sep or not message_id:
+        raise InvalidRequest(
+            [FieldError(field="cursor", rule="cursor", message="not a cursor from a previous page")]
         )
-        return MoveResult(answer)
+    return at, message_id
 
 
-Move = Callable[[DeadLetter], Awaitable[MoveResult]]
-
-
-async def move_each(
-    letters: list[DeadLetter],
-    move: Move,
-    *,
-    on_refused: Callable[[DeadLetter, WaqError], None] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, int]:
-    """Move entries one by one; count outcomes by ``MoveResult`` (or "invalid").
-
-    An entry whose move raises a ``WaqError`` (its request no longer validates, a template
-    cannot be filled from it) stays in the queue and is reported, and the rest go on.
-    """
-    outcome: dict[str, int] = {}
-    for done, letter in enumerate(letters, start=1):
-        try:
-            result = (await move(letter)).value
-        except WaqError as exc:
-            result = "invalid"
-            if on_refused is not None:
-                on_refused(letter, exc)
-        outcome[result] = outcome.get(result, 0) + 1
-        if on_progress is not None:
-            on_progress(done, len(letters))
-    return outcome
+def _requeue_detail(note: str) -> str:
+    return "requeued from the dead-letter queue" + (f": {note}" if note else "")
 
 
 def _text(value: bytes | str) -> str:

@@ -35,9 +35,10 @@ _NOW = (
     "local function t6(x) return string.format('%.6f', x) end\n"
 )
 
-# KEYS: slowdown hash. ARGV: recover s, max factor, cooldown s. Doubles the current
-# (decayed) factor, once per cooldown: the requests in flight when Meta first refused are
-# refused too, and they are one signal, not several.
+# KEYS: slowdown hash, throttled index. ARGV: recover s, max factor, cooldown s, scope.
+# Doubles the current (decayed) factor, once per cooldown: the requests in flight when Meta
+# first refused are refused too, and they are one signal, not several. The index learns when
+# the scope's slowdown wears off, and forgets scopes whose slowdown has.
 _SLOW_DOWN: Final = (
     _NOW
     + SLOWDOWN_FACTOR
@@ -47,6 +48,8 @@ if now - at < tonumber(ARGV[3]) then return tostring(factor(KEYS[1], tonumber(AR
 local f = math.min(factor(KEYS[1], tonumber(ARGV[1]), now) * 2, tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], 'factor', tostring(f), 'at', t6(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 60)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[4])
 return tostring(f)
 """
 )
@@ -120,8 +123,13 @@ class RateLimiter:
     async def slow_down(self, scope: str) -> float:
         """Halve the rate of a number (or ``APP_SCOPE``: every number); returns the divisor."""
         factor = await self._slow_down(
-            keys=[keys.slowdown(scope)],
-            args=[self.config.recover_s, self.config.max_slowdown, self.config.slowdown_cooldown_s],
+            keys=[keys.slowdown(scope), keys.THROTTLED],
+            args=[
+                self.config.recover_s,
+                self.config.max_slowdown,
+                self.config.slowdown_cooldown_s,
+                scope,
+            ],
         )
         return float(factor)
 

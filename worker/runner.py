@@ -39,6 +39,7 @@ from worker.lane import LaneJob
 from worker.limits import RateConfig, RateLimiter
 from worker.metrics import WorkerMetrics
 from worker.pauses import PauseStore
+from worker.stats import record_depth
 from worker.subscriptions import DELIVER_FUNCTION, SubscriptionStore
 from worker.webhook_sender import WebhookConfig, WebhookSender
 from worker.windows import WINDOW_S
@@ -58,6 +59,7 @@ __all__ = [
     "send_lane",
     "sweep_events",
     "sweep_lanes",
+    "sweep_retention",
     "sync_templates",
 ]
 
@@ -113,6 +115,7 @@ class WorkerConfig:
     events_maxlen: int = 1_000_000  # the events stream's length, trimmed once fanned out
     event_pump: bool = True  # run the pump beside the jobs (False: tests drive it)
     window_closing_lead_s: float = 3600.0  # conversation.window_closing this long before
+    dlq_retention_s: float = 30 * 24 * 3600  # dead letters older than this are dropped
 
 
 def claim_limits(config: WorkerConfig) -> ClaimLimits:
@@ -159,14 +162,27 @@ async def send_lane(ctx: dict[str, Any], *, phone_number_id: str, token: str) ->
 
 
 async def sweep_lanes(ctx: dict[str, Any]) -> dict[str, str]:
-    """Start a job for any lane with messages and no job (its starter died in between)."""
+    """Start a job for any lane with messages and no job (its starter died in between).
+
+    Also writes the queue depth (each lane's pending count, summed) into the stats bucket
+    the console charts.
+    """
     transitions: Transitions = ctx["transitions"]
+    redis = ctx["redis"]
     started: dict[str, str] = {}
-    for raw in await ctx["redis"].smembers(keys.SENDERS):
-        phone_number_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+    senders = [
+        raw.decode() if isinstance(raw, bytes) else str(raw)
+        for raw in await redis.smembers(keys.SENDERS)
+    ]
+    for phone_number_id in senders:
         if (token := await transitions.wake(phone_number_id)) is not None:
             log.warning("lane.swept", phone_number_id=phone_number_id, token=token)
             started[phone_number_id] = token
+    async with redis.pipeline(transaction=False) as pipe:
+        for phone_number_id in senders:
+            pipe.hget(keys.lane_job(phone_number_id), "pending")
+        pending = await pipe.execute()
+    await record_depth(redis, sum(int(n or 0) for n in pending))
     return started
 
 
@@ -202,6 +218,20 @@ async def sweep_events(ctx: dict[str, Any]) -> dict[str, Any]:
             log.warning("webhooks.swept", subscription_id=subscription.id, token=token)
             started[subscription.id] = token
     return {"window_closing": int(emitted), "started": started}
+
+
+async def sweep_retention(ctx: dict[str, Any]) -> dict[str, int]:
+    """Drop dead letters older than the retention, with their dead messages' records.
+
+    In bounded chunks (``Transitions.expire_dead_letters``): a backlog of a million old
+    entries never holds Redis for more than a chunk.
+    """
+    config: WorkerConfig = ctx["config"]
+    transitions: Transitions = ctx["transitions"]
+    dropped = await transitions.expire_dead_letters(config.dlq_retention_s)
+    if dropped:
+        log.info("dlq.expired", dropped=dropped, retention_s=config.dlq_retention_s)
+    return {"dead_letters_dropped": dropped}
 
 
 async def probe_paused_numbers(ctx: dict[str, Any]) -> dict[str, str]:
@@ -436,6 +466,7 @@ def create_worker(config: WorkerConfig) -> Worker:
         seconds = _probe_seconds(config.lane_sweep_s)
         cron_jobs.append(cron(sweep_lanes, second=seconds, run_at_startup=True))
         cron_jobs.append(cron(sweep_events, second=seconds, run_at_startup=True))
+        cron_jobs.append(cron(sweep_retention, second=seconds, run_at_startup=True))
     if config.health_probe_s is not None:
         seconds = _probe_seconds(config.health_probe_s)
         cron_jobs.append(cron(probe_paused_numbers, second=seconds, run_at_startup=False))

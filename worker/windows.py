@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -49,6 +49,14 @@ class WindowStore:
     async def is_open(self, phone_number_id: str, wa_id: str, *, now: float | None = None) -> bool:
         """True while a free-form message may still be sent, read at send time."""
         return self.open_at(await self.last_inbound(phone_number_id, wa_id), now=now)
+
+    async def are_open(self, pairs: Iterable[tuple[str, str]]) -> list[bool]:
+        """``is_open`` for many (phone_number_id, wa_id) pairs, in one round trip."""
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for phone_number_id, wa_id in pairs:
+                self.read_into(pipe, phone_number_id, wa_id)
+            return [self.open_at(last, now=now) for last in await pipe.execute()]
 
     @staticmethod
     def read_into(pipe: Pipeline, phone_number_id: str, wa_id: str) -> None:
