@@ -7,17 +7,17 @@ conversation, over three senders) and that many dead letters (over three codes a
 then times what an operator or Prometheus reads (/metrics, `waq status`, the console's
 pages, a dead-letter page, search) through a real gateway over HTTP, and what a bulk move
 does (export, the requeue dry run's window check, requeue, purge) in entries per second with
-its peak Python memory. Redis' slowlog (threshold 1 ms) says how long the longest single
-command held Redis during the operations (seeding excluded). Prints a table per size and the
-ratio of 300k to 10k for each read.
+how far the process' memory (RSS) rose. Redis' slowlog (threshold 1 ms) says how long the
+longest single command held Redis during the operations (seeding excluded). Prints a table
+per size and the ratio of 300k to 10k for each read.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
-import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -84,15 +84,37 @@ async def timed(call: Callable[[], Awaitable[Any]], repeats: int = 3) -> float:
     return best * 1000
 
 
-async def rate(call: Callable[[], Awaitable[int]]) -> tuple[float, float]:
-    """(entries per second, peak Python memory MB) of one bulk pass."""
-    tracemalloc.start()
+def _rss_mb() -> float:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+async def _redis_cpu_s(redis: Redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def rate(call: Callable[[], Awaitable[int]]) -> tuple[float, float, int]:
+    """One pass: (entries per second, how far the process' RSS rose in MB, entries).
+
+    RSS is sampled every 20 ms beside the pass (tracemalloc would slow it several times).
+    """
+    baseline = peak = _rss_mb()
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_mb())
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
     started = time.perf_counter()
     entries = await call()
     seconds = time.perf_counter() - started
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return entries / seconds if seconds else 0.0, peak / 1e6
+    done.set()
+    await sampler
+    return entries / seconds if seconds else 0.0, max(peak, _rss_mb()) - baseline, entries
 
 
 async def measure(redis_url: str, size: int) -> dict[str, str]:
@@ -162,9 +184,15 @@ async def measure(redis_url: str, size: int) -> dict[str, str]:
         ("purge --all", purge),
     ]
     for name, bulk in passes:
-        per_s, peak = await rate(bulk)
-        figures[name] = f"{per_s:,.0f}/s, {peak:.0f} MB peak"
-    slow = await redis.slowlog_get(128)
+        before = await _redis_cpu_s(redis)
+        per_s, peak, entries = await rate(bulk)
+        redis_us = (await _redis_cpu_s(redis) - before) / max(entries, 1) * 1e6
+        figures[name] = f"{per_s:,.0f}/s, RSS +{peak:.0f} MB, Redis {redis_us:.0f} us/entry"
+    slow = [  # the bench's own SLOWLOG RESET is logged too
+        entry
+        for entry in await redis.slowlog_get(128)
+        if not bytes(entry["command"]).upper().startswith((b"SLOWLOG", b"CONFIG"))
+    ]
     longest = max((entry["duration"] for entry in slow), default=0)
     over_10ms = sum(entry["duration"] > 10_000 for entry in slow)
     figures["longest Redis command"] = f"{longest / 1000:.1f} ms ({over_10ms} over 10 ms)"
@@ -191,7 +219,7 @@ def main() -> None:
         finally:
             server.stop()
         print(f"size {size:,}: done", flush=True)
-    names = list(next(iter(results.values())))
+    names = list(dict.fromkeys(name for figures in results.values() for name in figures))
     sizes = list(results)
     print(f"\n{'operation':<38}" + "".join(f"{s:>26,}" for s in sizes))
     for name in names:

@@ -54,6 +54,7 @@ local ORDER, WINDOW = '{keys.order("%s", "%s")}', '{keys.window("%s", "%s")}'
 local PAIR, MSG = '{keys.pair_rate("%s", "%s")}', '{keys.message("")}'
 local HISTORY = '{keys.message_history("%s")}'
 local WAMID, LETTER = '{keys.wamid("")}', '{keys.dead_letter("")}'
+local LETTERS, LETTER_COUNTS = '{keys.DEAD_LETTERS}', '{keys.DEAD_LETTER_COUNTS}'
 local RECIPIENT, RECIPIENT_KEEP = '{keys.recipient_messages("")}', {keys.RECIPIENT_RECENT}
 local function clock()
   local t = redis.call('TIME')
@@ -681,51 +682,69 @@ return {1}
 """
 )
 
-# Taking an entry out checks first that it is the entry as listed (KEYS[1] the entry,
-# ARGV[2] its JSON then), so an entry rewritten in between (the message died again) stays.
+# Taking an entry out checks first that it is the entry as listed (``expected``: its JSON
+# then), so an entry rewritten in between (the message died again) stays. Returns the entry,
+# or the answer to give.
 _TAKE: Final = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {'missing'} end
-if raw ~= ARGV[2] then return {'changed'} end
+local function take(id, expected)
+  local raw = redis.call('GET', LETTER .. id)
+  if not raw then return nil, {'missing'} end
+  if raw ~= expected then return nil, {'changed'} end
+  return raw, nil
+end
 """
 
-# KEYS: entry, index, counts, record, history, order list, lane, lane job.
-# ARGV: id, expected entry JSON, retention s, event, created_at, record fields (flat
-# pairs)... Puts the message back as the producer enqueues it and removes the entry, or
-# changes nothing. Returns {'ok', token or nil} or {'missing'} / {'changed'}.
+# ARGV: id, expected entry JSON, retention s, event, created_at, phone_number_id, wa_id,
+# record fields (a JSON object). Puts the message back as the producer enqueues it and
+# removes the entry, or changes nothing. Keys are built here from the ids (8 arguments, not
+# 30: redis-py packs each in Python, and a bulk requeue spent most of its time there).
+# Returns {'ok', token or nil} or {'missing'} / {'changed'}.
 REQUEUE: Final = (
     _PRELUDE
     + _TAKE
     + """
-redis.call('HDEL', KEYS[4], 'attempts', 'metadata', 'callback', 'updated_at')
-redis.call('HSET', KEYS[4], unpack(ARGV, 6))
-redis.call('HSETNX', KEYS[4], 'created_at', ARGV[5])
-redis.call('HDEL', KEYS[4], 'error', 'detail', 'wamid', 'next_attempt_at', 'sending_at')
-redis.call('EXPIRE', KEYS[4], ARGV[3])
-local token = join(KEYS[6], KEYS[7], KEYS[8], KEYS[5], ARGV[1], ARGV[4], ARGV[3])
-emit_message('message.requeued', ARGV[1], KEYS[4])
-count(KEYS[3], raw, -1)
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+local id, pnid, wa = ARGV[1], ARGV[6], ARGV[7]
+local raw, refused = take(id, ARGV[2])
+if not raw then return refused end
+local record, history = MSG .. id, string.format(HISTORY, id)
+redis.call('HDEL', record, 'attempts', 'metadata', 'callback', 'updated_at')
+local fields = {}
+for name, value in pairs(cjson.decode(ARGV[8])) do
+  table.insert(fields, name)
+  table.insert(fields, value)
+end
+redis.call('HSET', record, unpack(fields))
+redis.call('HSETNX', record, 'created_at', ARGV[5])
+redis.call('HDEL', record, 'error', 'detail', 'wamid', 'next_attempt_at', 'sending_at')
+redis.call('EXPIRE', record, ARGV[3])
+local token = join(string.format(ORDER, pnid, wa), string.format(LANE, pnid),
+                   string.format(JOB, pnid), history, id, ARGV[4], ARGV[3])
+emit_message('message.requeued', id, record)
+count(LETTER_COUNTS, raw, -1)
+redis.call('DEL', LETTER .. id)
+redis.call('ZREM', LETTERS, id)
 return {'ok', token}
 """
 )
 
-# KEYS: entry, index, counts, history, record. ARGV: id, expected entry JSON. The entry
-# goes, and the dead message's record and history with it (they were kept for it); a
-# ``message.purged`` event says so.
+# ARGV: id, expected entry JSON. The entry goes, and the dead message's record and history
+# with it (they were kept for it); a ``message.purged`` event says so.
 PURGE: Final = (
     _PRELUDE
     + _TAKE
     + """
-count(KEYS[3], raw, -1)
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-emit_message('message.purged', ARGV[1], KEYS[5])
-if redis.call('HGET', KEYS[5], 'state') == 'dead' then
-  local wamid = redis.call('HGET', KEYS[5], 'wamid')
+local id = ARGV[1]
+local raw, refused = take(id, ARGV[2])
+if not raw then return refused end
+local record = MSG .. id
+count(LETTER_COUNTS, raw, -1)
+redis.call('DEL', LETTER .. id)
+redis.call('ZREM', LETTERS, id)
+emit_message('message.purged', id, record)
+if redis.call('HGET', record, 'state') == 'dead' then
+  local wamid = redis.call('HGET', record, 'wamid')
   if wamid then redis.call('DEL', WAMID .. wamid) end
-  redis.call('DEL', KEYS[4], KEYS[5])
+  redis.call('DEL', string.format(HISTORY, id), record)
 end
 return {'ok'}
 """

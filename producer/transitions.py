@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 
 from producer import keys, transition_scripts
 from producer.status import MessageState, StatusEvent
@@ -437,32 +438,57 @@ class Transitions:
         wa_id: str,
         detail: str,
         fields: dict[str, str],
-        pipe: Pipeline | None = None,
     ) -> str:
         """Put a dead letter's message back in its lane, as the producer would.
 
         Returns ``ok``, or ``missing`` / ``changed`` when the entry is not as the caller read.
-        On a caller's ``pipe`` only queued: ``apply_requeue`` reads its answer.
         """
-        created_at = fields.pop("created_at", repr(time.time()))
-        fields["updated_at"] = repr(time.time())
-        event = StatusEvent(at=time.time(), state=MessageState.QUEUED, detail=detail)
-        answer = await self._requeue(
-            keys=[keys.dead_letter(message_id), keys.DEAD_LETTERS, keys.DEAD_LETTER_COUNTS,
-                  keys.message(message_id), keys.message_history(message_id),
-                  keys.order(phone_number_id, wa_id), keys.lane(phone_number_id),
-                  keys.lane_job(phone_number_id)],
-            args=[message_id, expected_entry, self.retention_s,
-                  event.model_dump_json(exclude_none=True), created_at,
-                  *(item for pair in fields.items() for item in pair)],
-            client=pipe,
+        keys_, args = self._requeue_call(
+            message_id, expected_entry=expected_entry, phone_number_id=phone_number_id,
+            wa_id=wa_id, detail=detail, fields=fields,
         )  # fmt: skip
-        if pipe is not None:
-            return ""
-        result, token = self.parse_requeue(answer)
+        result, token = self.parse_requeue(await self._requeue(keys=keys_, args=args))
         if token is not None:
             await self.start_lanes([(phone_number_id, token)])
         return result
+
+    def requeue_into(
+        self,
+        pipe: Pipeline,
+        message_id: str,
+        *,
+        expected_entry: str,
+        phone_number_id: str,
+        wa_id: str,
+        detail: str,
+        fields: dict[str, str],
+    ) -> None:
+        """Queue ``requeue`` on a caller's pipeline (its answer: ``parse_requeue``)."""
+        keys_, args = self._requeue_call(
+            message_id, expected_entry=expected_entry, phone_number_id=phone_number_id,
+            wa_id=wa_id, detail=detail, fields=fields,
+        )  # fmt: skip
+        _queue_script(pipe, self._requeue, keys_, args)
+
+    def _requeue_call(
+        self,
+        message_id: str,
+        *,
+        expected_entry: str,
+        phone_number_id: str,
+        wa_id: str,
+        detail: str,
+        fields: dict[str, str],
+    ) -> tuple[list[str], list[Any]]:
+        now = time.time()
+        created_at = fields.pop("created_at", repr(now))
+        fields["updated_at"] = repr(now)
+        event = StatusEvent(at=now, state=MessageState.QUEUED, detail=detail)
+        return [], [
+            message_id, expected_entry, self.retention_s,
+            event.model_dump_json(exclude_none=True), created_at, phone_number_id, wa_id,
+            json.dumps(fields, separators=(",", ":")),
+        ]  # fmt: skip
 
     @staticmethod
     def parse_requeue(answer: list[Any]) -> tuple[str, str | None]:
@@ -488,20 +514,18 @@ class Transitions:
             return kind, None
         return kind, _text(answer[1]) if len(answer) > 1 else None
 
-    async def purge(
-        self, message_id: str, *, expected_entry: str, pipe: Pipeline | None = None
-    ) -> str:
-        """Drop a dead letter, and its dead message's record, for good: ok, missing or changed.
+    async def purge(self, message_id: str, *, expected_entry: str) -> str:
+        """Drop a dead letter, and its dead message's record, for good: ok, missing or changed."""
+        answer = await self._purge(*self._purge_call(message_id, expected_entry))
+        return _text(answer[0])
 
-        On a caller's ``pipe`` only queued (its answer's first item is the result).
-        """
-        answer = await self._purge(
-            keys=[keys.dead_letter(message_id), keys.DEAD_LETTERS, keys.DEAD_LETTER_COUNTS,
-                  keys.message_history(message_id), keys.message(message_id)],
-            args=[message_id, expected_entry],
-            client=pipe,
-        )  # fmt: skip
-        return "" if pipe is not None else _text(answer[0])
+    def purge_into(self, pipe: Pipeline, message_id: str, *, expected_entry: str) -> None:
+        """Queue ``purge`` on a caller's pipeline (its answer's first item is the result)."""
+        _queue_script(pipe, self._purge, *self._purge_call(message_id, expected_entry))
+
+    @staticmethod
+    def _purge_call(message_id: str, expected_entry: str) -> tuple[list[str], list[Any]]:
+        return [], [message_id, expected_entry]
 
     async def expire_dead_letters(self, older_than_s: float, *, chunk: int = 500) -> int:
         """Drop the dead letters that died ``older_than_s`` ago, a bounded chunk per step.
@@ -539,6 +563,17 @@ async def start_jobs(
             pipe.set(keys.ARQ_JOB_PREFIX + job_id, payload, px=_JOB_EXPIRES_MS, nx=True)
             pipe.zadd(queue_name, {job_id: now_ms}, nx=True)
         await pipe.execute()
+
+
+def _queue_script(pipe: Pipeline, script: AsyncScript, keys_: list[str], args: list[Any]) -> None:
+    """Queue a script on a pipeline without awaiting.
+
+    redis-py's ``Script.__call__`` is a coroutine even when it only queues, and a caller
+    building a chunk's pipeline in plain code (while the previous chunk runs) cannot await.
+    The pipeline loads the script first if Redis lacks it, as it does for ``__call__``.
+    """
+    pipe.scripts.add(script)  # type: ignore[arg-type]  # redis-py types it Script, holds both
+    pipe.evalsha(script.sha, len(keys_), *keys_, *args)
 
 
 def _events(outcome: StatusEvent, *, attempt: int, sent_at: float | None) -> str:

@@ -12,6 +12,8 @@ sweep, with their dead messages' records, which are kept as long as their entrie
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -171,6 +173,30 @@ class MoveResult(StrEnum):
     """Not in the queue (already moved, or never there)."""
     CHANGED = "changed"
     """Rewritten since it was read (the message died again); read it and try again."""
+
+
+@dataclass(slots=True)
+class StoredLetter:
+    """An entry as stored: its id and JSON, parsed into a ``DeadLetter`` on first use."""
+
+    id: str
+    raw: str
+    score: float
+    parsed: DeadLetter | None = None
+
+    @property
+    def letter(self) -> DeadLetter:
+        """The entry, parsed (once)."""
+        if self.parsed is None:
+            self.parsed = DeadLetter.load(self.raw)
+        return self.parsed
+
+    def request(self) -> dict[str, Any]:
+        """The request as sent, read without building the whole entry."""
+        if self.parsed is not None:
+            return self.parsed.request
+        request: dict[str, Any] = json.loads(self.raw)["request"]
+        return request
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +376,7 @@ class DeadLetterStore:
         entry leaves the queue in the same script that queues the message, and only if it
         is unchanged since ``letter`` was read.
         """
-        valid, fields = self._requeue_record(letter, request)
+        valid, fields = self._requeue_record(request if request is not None else letter.request)
         answer = await self.transitions.requeue(
             letter.id,
             expected_entry=letter.stored,
@@ -386,79 +412,86 @@ class DeadLetterStore:
         cannot fill ``request_for``'s template) stays and is reported to ``on_refused``.
         """
         report = MoveReport()
-        letters: list[DeadLetter] = []
-        async for letter in self.scan(selection, batch=chunk, until=until):
-            letters.append(letter)
-            if len(letters) == chunk:
-                await self._move_chunk(
-                    action,
-                    letters=letters,
-                    request_for=request_for,
-                    note=note,
-                    report=report,
-                    on_refused=on_refused,
-                )
-                letters = []
+        detail = _requeue_detail(note)
+        in_flight: asyncio.Task[None] | None = None
+        letters: list[StoredLetter] = []
+
+        async def flush() -> None:
+            # Python prepares this chunk while Redis runs the one before (two cores, not one
+            # after the other): the previous chunk's answers are awaited only now.
+            nonlocal in_flight, letters
+            prepared = self._prepare_chunk(
+                action, letters=letters, request_for=request_for, detail=detail,
+                report=report, on_refused=on_refused,
+            )  # fmt: skip
+            letters = []
+            if in_flight is not None:
+                await in_flight
                 if on_progress is not None:
                     on_progress(report)
+            in_flight = asyncio.create_task(self._run_chunk(*prepared, report))
+            await asyncio.sleep(0)  # let it write its commands before the next chunk's work
+
+        async for stored in self._walk_stored(selection, None, chunk, until):
+            letters.append(stored)
+            if len(letters) == chunk:
+                await flush()
         if letters:
-            await self._move_chunk(
-                action,
-                letters=letters,
-                request_for=request_for,
-                note=note,
-                report=report,
-                on_refused=on_refused,
-            )
+            await flush()
+        if in_flight is not None:
+            await in_flight
             if on_progress is not None:
                 on_progress(report)
         return report
 
-    async def _move_chunk(
+    def _prepare_chunk(
         self,
         action: Literal["requeue", "purge"],
         *,
-        letters: list[DeadLetter],
+        letters: list[StoredLetter],
         request_for: RequestFor | None,
-        note: str,
+        detail: str,
         report: MoveReport,
         on_refused: Callable[[DeadLetter, WaqError], None] | None,
-    ) -> None:
-        queued: list[tuple[DeadLetter, str]] = []  # each entry in the pipe, with its sender
-        detail = _requeue_detail(note)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for letter in letters:
-                if action == "purge":
-                    await self.transitions.purge(letter.id, expected_entry=letter.stored, pipe=pipe)
-                    queued.append((letter, ""))
-                    continue
-                try:
-                    request = request_for(letter) if request_for is not None else None
-                    valid, fields = self._requeue_record(letter, request)
-                except WaqError as exc:
-                    report.add("invalid")
-                    if on_refused is not None:
-                        on_refused(letter, exc)
-                    continue
-                await self.transitions.requeue(
-                    letter.id, expected_entry=letter.stored,
-                    phone_number_id=valid.phone_number_id, wa_id=valid.wa_id, detail=detail,
-                    fields=fields, pipe=pipe,
-                )  # fmt: skip
-                queued.append((letter, valid.phone_number_id))
-            answers = await pipe.execute() if queued else []
+    ) -> tuple[Pipeline, list[str]]:
+        """A pipeline of the chunk's moves (not yet sent), and each queued move's sender."""
+        pipe = self.redis.pipeline(transaction=False)
+        senders: list[str] = []
+        for stored in letters:
+            if action == "purge":
+                self.transitions.purge_into(pipe, stored.id, expected_entry=stored.raw)
+                senders.append("")
+                continue
+            try:
+                request = (
+                    request_for(stored.letter) if request_for is not None else stored.request()
+                )
+                valid, fields = self._requeue_record(request)
+            except WaqError as exc:
+                report.add("invalid")
+                if on_refused is not None:
+                    on_refused(stored.letter, exc)
+                continue
+            self.transitions.requeue_into(
+                pipe, stored.id, expected_entry=stored.raw,
+                phone_number_id=valid.phone_number_id, wa_id=valid.wa_id, detail=detail,
+                fields=fields,
+            )  # fmt: skip
+            senders.append(valid.phone_number_id)
+        return pipe, senders
+
+    async def _run_chunk(self, pipe: Pipeline, senders: list[str], report: MoveReport) -> None:
+        async with pipe:
+            answers = await pipe.execute() if senders else []
         tokens: list[tuple[str, str]] = []
-        for (_, sender), answer in zip(queued, answers, strict=True):
+        for sender, answer in zip(senders, answers, strict=True):
             result, token = self.transitions.parse_requeue(answer)
             report.add(result)
             if token is not None:
                 tokens.append((sender, token))
         await self.transitions.start_lanes(tokens)
 
-    def _requeue_record(
-        self, letter: DeadLetter, request: dict[str, Any] | None
-    ) -> tuple[SendRequest, dict[str, str]]:
-        payload = request if request is not None else letter.request
+    def _requeue_record(self, payload: dict[str, Any]) -> tuple[SendRequest, dict[str, str]]:
         try:
             valid = SendRequest.model_validate(payload)
         except ValidationError as exc:
@@ -520,25 +553,40 @@ class DeadLetterStore:
         until: float | None,
     ) -> AsyncIterator[tuple[DeadLetter, float]]:
         """Matching entries newest first, with their index scores, after ``after``."""
+        async for stored in self._walk_stored(selection, after, batch, until):
+            yield stored.letter, stored.score
+
+    async def _walk_stored(
+        self,
+        selection: DeadLetterFilter,
+        after: tuple[float, str] | None,
+        batch: int,
+        until: float | None,
+    ) -> AsyncIterator[StoredLetter]:
+        """``_walk``, with each entry parsed only when something asks for it.
+
+        An index that is the filter exactly needs no entry parsed to match it, and a purge
+        needs only the id and the stored JSON: a third of a bulk move's CPU was parsing.
+        """
         if selection.ids is not None:
             for message_id in selection.ids:
                 letter = await self.get(message_id)
                 if letter is not None and selection.matches(letter):
-                    yield letter, letter.dead_at
+                    yield StoredLetter(message_id, letter.stored, letter.dead_at, letter)
             return
-        index, _ = await self._index(selection)
+        index, exact = await self._index(selection)
         newest, oldest = _ages(selection, until)
         while True:
             chunk = await self._ids_after(index, newest, oldest, after, batch)
             if not chunk:
                 return
             raws = await self.redis.mget([keys.dead_letter(i) for i, _ in chunk])
-            for (_, score), raw in zip(chunk, raws, strict=True):
+            for (message_id, score), raw in zip(chunk, raws, strict=True):
                 if raw is None:
                     continue  # moved out since the index was read
-                letter = DeadLetter.load(raw)
-                if selection.matches(letter):
-                    yield letter, score
+                stored = StoredLetter(message_id, _text(raw), score)
+                if exact or selection.matches(stored.letter):
+                    yield stored
             after = (chunk[-1][1], chunk[-1][0])
             if len(chunk) < batch:
                 return
