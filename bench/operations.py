@@ -198,7 +198,7 @@ async def measure(redis_url: str, size: int) -> dict[str, str]:
     figures["longest Redis command"] = f"{longest / 1000:.1f} ms ({over_10ms} over 10 ms)"
     if slow:
         worst = max(slow, key=lambda e: e["duration"])
-        figures["  it was"] = str(worst["command"])[:70]
+        figures["  it was"] = bytes(worst["command"])[:40].decode(errors="replace")
     await redis.aclose()
     return figures
 
@@ -221,9 +221,10 @@ def main() -> None:
         print(f"size {size:,}: done", flush=True)
     names = list(dict.fromkeys(name for figures in results.values() for name in figures))
     sizes = list(results)
-    print(f"\n{'operation':<38}" + "".join(f"{s:>26,}" for s in sizes))
+    width = 2 + max(len(v) for figures in results.values() for v in figures.values())
+    print(f"\n{'operation':<38}" + "".join(f"{s:>{width},}" for s in sizes))
     for name in names:
-        print(f"{name:<38}" + "".join(f"{results[s].get(name, '-'):>26}" for s in sizes))
+        print(f"{name:<38}" + "".join(f"{results[s].get(name, '-'):>{width}}" for s in sizes))
     if len(sizes) > 1:
         print(f"\nratio {sizes[-1]:,} / {sizes[0]:,} (1.0 = flat):")
         for name in names:

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from pydantic import BaseModel
 
 from gateway.charts import overview_charts
@@ -595,10 +596,17 @@ def _plain(value: Any, name: str = "") -> str:
     return "-" if value is None else str(value)
 
 
-def _when_ms(at: float) -> str:
+def _when_ms(at: float) -> Markup:
     """A step's time to the millisecond (a message's steps are often within one second)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}"
+    text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d} UTC"
+    return _time_tag(at, text)
 
 
-def _when(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+def _when(at: float) -> Markup:
+    """A time in UTC, marked up so the page shows it in the operator's own zone."""
+    return _time_tag(at, time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)))
+
+
+def _time_tag(at: float, text: str) -> Markup:
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
+    return Markup('<time datetime="{}">{}</time>').format(iso, text)

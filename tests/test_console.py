@@ -92,8 +92,8 @@ async def sign_in(page: Page) -> None:
     await page.wait_for_url("**/console/dead-letters")
 
 
-async def shot(page: Page, name: str) -> None:
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+async def shot(page: Page, name: str, *, full_page: bool = True) -> None:
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 async def test_sign_in_is_required_and_checks_the_key(page: Page) -> None:
@@ -395,6 +395,10 @@ async def test_search_leads_to_a_message_and_its_whole_timeline(
     assert steps[-1] == "accepted"
     assert "sending" in steps
     assert '"body"' in await page.inner_text("#request")
+    # Times are shown in the browser's zone, the UTC original kept in the tooltip.
+    first_time = page.locator("#timeline time").first
+    assert await first_time.get_attribute("data-local") == "1"
+    assert (await first_time.get_attribute("title") or "").endswith(" UTC")
     await shot(page, "09-message-timeline")
 
     await page.fill("header input[name=q]", STRANGER)
@@ -405,6 +409,12 @@ async def test_search_leads_to_a_message_and_its_whole_timeline(
     await page.press("header input[name=q]", "Enter")
     await page.wait_for_url("**/console/search?q=no-such-key")
     assert "idempotency key: 0 found" in await page.inner_text("#found-as")
+    await pipeline.send(to=CUSTOMER)  # a second message to the customer: a list, not a page
+    await page.fill("header input[name=q]", CUSTOMER)
+    await page.press("header input[name=q]", "Enter")
+    await page.wait_for_url("**/console/search?q=**")
+    assert await page.locator("#results tbody tr").count() == 2
+    await shot(page, "13-search-results")
 
 
 async def test_the_overview_charts_a_short_run_and_refreshes_itself(
@@ -456,4 +466,4 @@ async def test_dead_letters_page_through_a_large_queue(page: Page, redis: Redis)
     assert [x.id for x in (await store.page(limit=200)).letters] == first + second
     await page.goto("/console/dead-letters?code=131026")
     assert "1667 matches" in await page.inner_text("#matching")
-    await shot(page, "11-dead-letters-paged")
+    await shot(page, "11-dead-letters-paged", full_page=False)  # 100 rows: the top tells
