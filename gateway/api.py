@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from gateway.conversations import Conversation
 from gateway.errors import ApiError, Conflict, NotFound
+from gateway.fast_json import FastJsonRoute
 from gateway.graph_door import fold_meta_body
 from gateway.health import HealthReport, run_health_check
 from gateway.kapso import is_kapso_message, kapso_to_meta
@@ -40,7 +41,7 @@ from producer.request import MetadataKey, MetadataValue, SendRequest
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], route_class=FastJsonRoute)
 State = Annotated[GatewayState, Depends(gateway_state)]
 IdempotencyKey = Annotated[
     str | None,

@@ -33,7 +33,7 @@ from gateway.console_auth import (
 )
 from gateway.errors import ApiError
 from gateway.health import run_health_check
-from gateway.state import GatewayState, gateway_state
+from gateway.state import GatewayState, gateway_state, state_of
 from producer import keys
 from producer.broadcasts import Broadcasts
 from producer.errors import WaqError
@@ -115,7 +115,7 @@ class TestMessageForm(BaseModel):
 
 
 async def _session(request: Request) -> ConsoleSession:
-    state = gateway_state(request)
+    state = state_of(request)
     session = await ConsoleSessions(state.redis).read(
         request.cookies.get(COOKIE), state.config.admin_keys
     )

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import orjson
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -227,10 +228,10 @@ class Transitions:
 
         Also adds each sender to ``keys.SENDERS``.
         """
-        args: list[str | int] = [self.retention_s]
+        args: list[str | int | bytes] = [self.retention_s]
         for item in items:
             args += [item.message_id, item.phone_number_id, item.wa_id, item.fingerprint,
-                     item.event, json.dumps(item.fields, separators=(",", ":"))]  # fmt: skip
+                     item.event, orjson.dumps(item.fields)]  # fmt: skip
         answers: list[list[Any]] = await self._enqueue_many(keys=[keys.SENDERS], args=args)
         return answers
 
