@@ -566,12 +566,7 @@ async def _recent(state: GatewayState, phone_number_id: str) -> list[tuple[str, 
     """Customers whose window with this number is open (they wrote in the last 24 h)."""
     if not phone_number_id:
         return []
-    found: list[tuple[str, float]] = []
-    async for key in state.redis.scan_iter(match=keys.window(phone_number_id, "*"), count=1000):
-        raw = await state.redis.get(key)
-        if raw is not None:
-            found.append(("+" + key.decode().rsplit(":", 1)[1], float(raw)))
-    return sorted(found, key=lambda item: -item[1])[:10]
+    return await state.windows.recent(phone_number_id)
 
 
 def _same(given: str, expected: str) -> bool:

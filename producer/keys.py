@@ -18,6 +18,7 @@ __all__ = [
     "EVENTS_CURSOR",
     "LATENCY_EDGES_S",
     "PAUSED_NUMBERS",
+    "RECENT_CUSTOMERS_KEPT",
     "RECIPIENT_RECENT",
     "SENDERS",
     "SENDER_LAST_SUCCESS",
@@ -41,6 +42,7 @@ __all__ = [
     "message",
     "message_history",
     "opt_outs",
+    "recent_customers",
     "recipient_messages",
     "stats",
     "subscription",
@@ -238,6 +240,19 @@ def broadcast_messages(broadcast_id: str) -> str:
 def opt_outs(phone_number_id: str) -> str:
     """set, the customers (wa_ids) who told this sender to stop; no TTL: START removes one."""
     return f"waq:{{{phone_number_id}}}:optouts"
+
+
+RECENT_CUSTOMERS_KEPT: Final = 100
+"""How many customers ``recent_customers`` keeps per sender."""
+
+
+def recent_customers(phone_number_id: str) -> str:
+    """zset, the ``RECENT_CUSTOMERS_KEPT`` customers (wa_ids) who wrote to this sender last.
+
+    Scored by when (unix s); expires a window after the last. The console's health page
+    suggests them for a test message (a keyspace SCAN of the windows did, before).
+    """
+    return f"waq:{{{phone_number_id}}}:recent"
 
 
 def lane_job(phone_number_id: str) -> str:

@@ -56,6 +56,14 @@ local HISTORY = '{keys.message_history("%s")}'
 local WAMID, LETTER = '{keys.wamid("")}', '{keys.dead_letter("")}'
 local LETTERS, LETTER_COUNTS = '{keys.DEAD_LETTERS}', '{keys.DEAD_LETTER_COUNTS}'
 local RECIPIENT, RECIPIENT_KEEP = '{keys.recipient_messages("")}', {keys.RECIPIENT_RECENT}
+local RECENT, RECENT_KEEP = '{keys.recent_customers("%s")}', {keys.RECENT_CUSTOMERS_KEPT}
+-- A customer wrote to a sender: the sender's newest writers (keys.recent_customers).
+local function note_recent(pnid, wa, at, window_s)
+  local recent = string.format(RECENT, pnid)
+  redis.call('ZADD', recent, at, wa)
+  redis.call('ZREMRANGEBYRANK', recent, 0, -RECENT_KEEP - 1)
+  redis.call('EXPIRE', recent, window_s)
+end
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -842,11 +850,16 @@ local function open_window(window, closing, at, window_s, member)
 end
 """
 
-# KEYS: window. ARGV: at, window s. A window moved by hand (tests, the demo, benchmarks).
+# KEYS: window. ARGV: at, window s, phone_number_id, wa_id. A window moved by hand (tests,
+# the demo, benchmarks).
 RECORD_WINDOW: Final = (
     _FORMATS
     + OPEN_WINDOW
-    + "return open_window(KEYS[1], nil, tonumber(ARGV[1]), tonumber(ARGV[2]), nil)"
+    + """
+local moved = open_window(KEYS[1], nil, tonumber(ARGV[1]), tonumber(ARGV[2]), nil)
+if moved > 0 then note_recent(ARGV[3], ARGV[4], tonumber(ARGV[1]), tonumber(ARGV[2])) end
+return moved
+"""
 )
 
 # KEYS: window, closing-soon index, conversation. ARGV: 1 Meta's time of the message (unix
@@ -864,6 +877,7 @@ INBOUND: Final = (
 local pnid, wa = ARGV[4], ARGV[5]
 local at, window_s = tonumber(ARGV[1]), tonumber(ARGV[2])
 local opened = open_window(KEYS[1], KEYS[2], at, window_s, pnid .. ':' .. wa .. ':' .. ARGV[3])
+if opened > 0 then note_recent(pnid, wa, at, window_s) end
 local created = redis.call('HSETNX', KEYS[3], 'created_at', ARGV[8]) == 1
 redis.call('HSET', KEYS[3], 'phone_number_id', pnid, 'wa_id', wa)
 redis.call('EXPIRE', KEYS[3], ARGV[11])

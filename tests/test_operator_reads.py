@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from producer import keys
 from producer.errors import InvalidRequest
 from sandbox import SandboxServer
+from tests.conftest import ADMIN_KEY
 from tests.test_dlq import env, letter, store_for, waq  # noqa: F401 (env is a fixture)
 from tests.test_events import customers_write, until
 from tests.test_under_load import read_logs, spawn_workers, stop
@@ -168,9 +169,9 @@ async def test_operator_reads_never_scan_the_keyspace(
     redis: Redis,
     env: dict[str, str],  # noqa: F811
 ) -> None:
-    """/metrics, `waq status` and the overview answer from counters and indexes: Redis'
-    own command counts show no SCAN or KEYS while they run, with throttled and paused
-    numbers and thousands of keys in place."""
+    """/metrics, `waq status`, the overview and the console's pages answer from counters and
+    indexes: Redis' own command counts show no SCAN or KEYS while they run, with a
+    throttled number and thousands of keys in place."""
     store = store_for(redis)
     await seed(store, 2000, at=time.time())
     await RateLimiter(redis).slow_down(OTHER)
@@ -193,6 +194,17 @@ async def test_operator_reads_never_scan_the_keyspace(
     assert status.exit_code == 0, status.output
     report = json.loads(status.output)
     assert report["dead_letters"] == 2000
+    async with httpx.AsyncClient(base_url=str(admin.base_url), follow_redirects=True) as console:
+        signed = await console.post("/console/login", data={"admin_key": ADMIN_KEY})
+        assert signed.url.path == "/console/overview"  # signed in, at the home page
+        for path in (
+            "/console/overview",
+            "/console/numbers",
+            "/console/dead-letters",
+            "/console/dead-letters?code=100&phone_number_id=" + OTHER,
+            "/console/search?q=%2B16505550001",
+        ):  # fmt: skip  (one: its page)
+            assert (await console.get(path)).status_code == 200, path
     assert await scans() == before
 
     kinds = {k["kind"]: k for k in report["memory"]["kinds"]}

@@ -34,6 +34,7 @@ _KINDS: Final = (
     ("arq jobs", re.compile(r"^arq:")),
     ("broadcasts", re.compile(r"^waq:bc:")),
     ("stats buckets", re.compile(r"^waq:stats:")),
+    ("recipients' newest messages", re.compile(r"^waq:to:")),
 )
 _SINGLE: Final = (
     ("events stream", keys.EVENTS),

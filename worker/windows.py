@@ -38,13 +38,27 @@ class WindowStore:
         ``ConversationStore.receive_into``, which also emits its events.
         """
         return self._record(
-            keys=[keys.window(phone_number_id, wa_id)], args=[at, WINDOW_S], client=pipe
+            keys=[keys.window(phone_number_id, wa_id)],
+            args=[at, WINDOW_S, phone_number_id, wa_id],
+            client=pipe,
         )
 
     async def last_inbound(self, phone_number_id: str, wa_id: str) -> float | None:
         """The customer's last inbound time, or None when the window has expired."""
         raw = await self.redis.get(keys.window(phone_number_id, wa_id))
         return float(raw) if raw is not None else None
+
+    async def recent(self, phone_number_id: str, limit: int = 10) -> list[tuple[str, float]]:
+        """The customers who wrote to this number last, newest first, with when (E.164, s).
+
+        Only those whose window is still open: the index keeps writers for a window.
+        """
+        now = time.time()
+        rows = await self.redis.zrevrangebyscore(
+            keys.recent_customers(phone_number_id), "+inf", now - WINDOW_S + self.margin_s,
+            start=0, num=limit, withscores=True,
+        )  # fmt: skip
+        return [("+" + (w.decode() if isinstance(w, bytes) else w), float(at)) for w, at in rows]
 
     async def is_open(self, phone_number_id: str, wa_id: str, *, now: float | None = None) -> bool:
         """True while a free-form message may still be sent, read at send time."""
