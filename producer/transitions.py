@@ -444,11 +444,13 @@ class Transitions:
 
         Returns ``ok``, or ``missing`` / ``changed`` when the entry is not as the caller read.
         """
-        keys_, args = self._requeue_call(
-            message_id, expected_entry=expected_entry, phone_number_id=phone_number_id,
-            wa_id=wa_id, detail=detail, fields=fields,
-        )  # fmt: skip
-        result, token = self.parse_requeue(await self._requeue(keys=keys_, args=args))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.requeue_into(
+                pipe, message_id, expected_entry=expected_entry, phone_number_id=phone_number_id,
+                wa_id=wa_id, detail=detail, fields=fields,
+            )  # fmt: skip
+            [answer] = await pipe.execute()
+        result, token = self.parse_requeue(answer)
         if token is not None:
             await self.start_lanes([(phone_number_id, token)])
         return result
@@ -465,31 +467,13 @@ class Transitions:
         fields: dict[str, str],
     ) -> None:
         """Queue ``requeue`` on a caller's pipeline (its answer: ``parse_requeue``)."""
-        keys_, args = self._requeue_call(
-            message_id, expected_entry=expected_entry, phone_number_id=phone_number_id,
-            wa_id=wa_id, detail=detail, fields=fields,
-        )  # fmt: skip
-        _queue_script(pipe, self._requeue, keys_, args)
-
-    def _requeue_call(
-        self,
-        message_id: str,
-        *,
-        expected_entry: str,
-        phone_number_id: str,
-        wa_id: str,
-        detail: str,
-        fields: dict[str, str],
-    ) -> tuple[list[str], list[Any]]:
         now = time.time()
         created_at = fields.pop("created_at", repr(now))
         fields["updated_at"] = repr(now)
         event = StatusEvent(at=now, state=MessageState.QUEUED, detail=detail)
-        return [], [
-            message_id, expected_entry, self.retention_s,
-            event.model_dump_json(exclude_none=True), created_at, phone_number_id, wa_id,
-            json.dumps(fields, separators=(",", ":")),
-        ]  # fmt: skip
+        _queue_script(pipe, self._requeue, [message_id, expected_entry, self.retention_s,
+                      event.model_dump_json(exclude_none=True), created_at, phone_number_id,
+                      wa_id, json.dumps(fields, separators=(",", ":"))])  # fmt: skip
 
     @staticmethod
     def parse_requeue(answer: list[Any]) -> tuple[str, str | None]:
@@ -517,16 +501,14 @@ class Transitions:
 
     async def purge(self, message_id: str, *, expected_entry: str) -> str:
         """Drop a dead letter, and its dead message's record, for good: ok, missing or changed."""
-        answer = await self._purge(*self._purge_call(message_id, expected_entry))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.purge_into(pipe, message_id, expected_entry=expected_entry)
+            [answer] = await pipe.execute()
         return _text(answer[0])
 
     def purge_into(self, pipe: Pipeline, message_id: str, *, expected_entry: str) -> None:
         """Queue ``purge`` on a caller's pipeline (its answer's first item is the result)."""
-        _queue_script(pipe, self._purge, *self._purge_call(message_id, expected_entry))
-
-    @staticmethod
-    def _purge_call(message_id: str, expected_entry: str) -> tuple[list[str], list[Any]]:
-        return [], [message_id, expected_entry]
+        _queue_script(pipe, self._purge, [message_id, expected_entry])
 
     async def expire_dead_letters(self, older_than_s: float, *, chunk: int = 500) -> int:
         """Drop the dead letters that died ``older_than_s`` ago, a bounded chunk per step.
@@ -566,7 +548,7 @@ async def start_jobs(
         await pipe.execute()
 
 
-def _queue_script(pipe: Pipeline, script: AsyncScript, keys_: list[str], args: list[Any]) -> None:
+def _queue_script(pipe: Pipeline, script: AsyncScript, args: list[Any]) -> None:
     """Queue a script on a pipeline without awaiting.
 
     redis-py's ``Script.__call__`` is a coroutine even when it only queues, and a caller
@@ -574,7 +556,7 @@ def _queue_script(pipe: Pipeline, script: AsyncScript, keys_: list[str], args: l
     The pipeline loads the script first if Redis lacks it, as it does for ``__call__``.
     """
     pipe.scripts.add(script)  # type: ignore[arg-type]  # redis-py types it Script, holds both
-    pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+    pipe.evalsha(script.sha, 0, *args)  # the scripts build their keys from the ids
 
 
 def _events(outcome: StatusEvent, *, attempt: int, sent_at: float | None) -> str:
