@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -46,9 +47,7 @@ class StatusStore:
             "to": request.to,
             "type": request.message.type,
             "created_at": repr(now),
-            "request": payload
-            if isinstance(payload, str)
-            else json.dumps(payload, separators=(",", ":")),
+            "request": payload if isinstance(payload, str) else orjson.dumps(payload).decode(),
         }
         if request.metadata:
             fields["metadata"] = json.dumps(request.metadata)

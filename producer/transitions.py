@@ -473,7 +473,7 @@ class Transitions:
         event = StatusEvent(at=now, state=MessageState.QUEUED, detail=detail)
         _queue_script(pipe, self._requeue, [message_id, expected_entry, self.retention_s,
                       event.model_dump_json(exclude_none=True), created_at, phone_number_id,
-                      wa_id, json.dumps(fields, separators=(",", ":"))])  # fmt: skip
+                      wa_id, orjson.dumps(fields)])  # fmt: skip
 
     @staticmethod
     def parse_requeue(answer: list[Any]) -> tuple[str, str | None]:

@@ -13,13 +13,13 @@ sweep, with their dead messages' records, which are kept as long as their entrie
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -195,7 +195,7 @@ class StoredLetter:
         """The request as sent, read without building the whole entry."""
         if self.parsed is not None:
             return self.parsed.request
-        request: dict[str, Any] = json.loads(self.raw)["request"]
+        request: dict[str, Any] = orjson.loads(self.raw)["request"]
         return request
 
 
