@@ -90,7 +90,10 @@ def dead_letter_index(label: str) -> str:
 
 
 def message(message_id: str) -> str:
-    """hash, a message's status record (state, attempts, wamid, error...); TTL = retention, s."""
+    """hash, a message's status record (state, attempts, wamid, error...); TTL = retention, s.
+
+    A dead message's record (and history) has no TTL: it goes with its dead letter.
+    """
     return f"waq:msg:{message_id}"
 
 

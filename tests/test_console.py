@@ -100,6 +100,7 @@ async def test_sign_in_is_required_and_checks_the_key(page: Page) -> None:
     """A page without a session redirects to sign-in; a wrong key is refused with a reason."""
     await page.goto("/console/numbers")
     assert "/console/login" in page.url
+    await shot(page, "00-sign-in")
     await page.fill("input[name=admin_key]", "not-the-key")
     await page.click("button[type=submit]")
     assert "not one of WAQ_ADMIN_KEYS" in await page.inner_text("[role=alert]")
