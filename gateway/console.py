@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import json
 import time
 import urllib.parse
 from pathlib import Path
@@ -276,7 +275,17 @@ async def search(request: Request, state: State, session: Session, q: str = "") 
     found = await find_messages(state.redis, q)
     if len(found.message_ids) == 1:
         return RedirectResponse(f"/console/messages/{found.message_ids[0]}", status_code=303)
-    statuses = [s for s in [await state.statuses.get(i) for i in found.message_ids] if s]
+    async with state.redis.pipeline(transaction=False) as pipe:  # one round trip for all
+        for message_id in found.message_ids:
+            state.statuses.read_into(pipe, message_id)
+        answers = await pipe.execute()
+    statuses = [
+        status
+        for message_id, raw, history in zip(
+            found.message_ids, answers[::2], answers[1::2], strict=True
+        )
+        if (status := state.statuses.parse(message_id, raw, history)) is not None
+    ]
     return page(
         request, "search.html", session, query=q.strip(), found=found, statuses=statuses,
         recent=keys.RECIPIENT_RECENT,
@@ -295,8 +304,7 @@ async def message(
             request, "gone.html", session, status_code=404, message_id=message_id, kind="message"
         )
     timeline = status.history if status else letter.attempts if letter else []
-    raw = await state.redis.hget(keys.message(message_id), "request")  # type: ignore[misc]
-    request_json = json.loads(raw) if raw else (letter.request if letter else None)
+    request_json = await state.statuses.request(message_id) or (letter.request if letter else None)
     return page(
         request, "message.html", session, message_id=message_id, status=status, letter=letter,
         timeline=sorted(timeline, key=lambda e: e.at), request_json=request_json,

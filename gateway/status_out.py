@@ -72,13 +72,10 @@ class MessageStatusOut(BaseModel):
     @classmethod
     def of(cls, status: MessageStatus) -> MessageStatusOut:
         """The wire form of a status record."""
-        return cls(
-            id=status.id, state=status.state, phone_number_id=status.phone_number_id,
-            to=status.to, type=status.type, conversation_id=status.conversation_id,
-            attempts=status.attempts, wamid=status.wamid, detail=status.detail,
-            error=status.error, created_at=iso(status.created_at),
-            created_at_s=status.created_at, updated_at=iso(status.updated_at),
-            next_attempt_at=iso(status.next_attempt_at), send_at=iso(status.send_at),
-            metadata=status.metadata, biz_opaque_callback_data=status.biz_opaque_callback_data,
-            history=[StatusEventOut.of(e) for e in status.history],
+        fields = status.model_dump(exclude={"history"})
+        return cls.model_validate(
+            {**fields, "created_at": iso(status.created_at), "created_at_s": status.created_at,
+             "updated_at": iso(status.updated_at), "next_attempt_at": iso(status.next_attempt_at),
+             "send_at": iso(status.send_at),
+             "history": [StatusEventOut.of(e) for e in status.history]}
         )  # fmt: skip

@@ -136,7 +136,7 @@ local function count_step(broadcast, kind, late_failure)
 end
 local function emit_message(kind, id, key, extra)
   local m = redis.call('HMGET', key, 'phone_number_id', 'to', 'conversation_id', 'metadata',
-                       'callback', 'wamid', 'broadcast')
+                       'callback', 'wamid', 'broadcast', 'created_at')
   local parts = {{'{{"message_id":"', id, '"'}}
   if m[1] then table.insert(parts, ',"phone_number_id":"' .. m[1] .. '"') end
   if m[2] then table.insert(parts, ',"to":"' .. m[2] .. '"') end
@@ -155,6 +155,7 @@ local function emit_message(kind, id, key, extra)
     local late = extra and type(extra.error) == 'table' and extra.error.source == 'status webhook'
     count_step(m[7], kind, late)
   end
+  return m  -- the record's fields it read (m[8]: created_at), for a caller's own use
 end
 -- A customer joins or leaves a sender's opt-out list; an event only when the list changed.
 local function opt_out(pnid, wa, add, data)
@@ -332,8 +333,9 @@ for i = 2, #ARGV, 6 do
   table.insert(out, answer)
   if answer[1] == '' then  -- the recipient's newest messages, for the console's search
     local recent = RECIPIENT .. wa
-    redis.call('LPUSH', recent, id)
-    redis.call('LTRIM', recent, 0, RECIPIENT_KEEP - 1)
+    if redis.call('LPUSH', recent, id) > RECIPIENT_KEEP then  -- trimmed only once it is full
+      redis.call('LTRIM', recent, 0, RECIPIENT_KEEP - 1)
+    end
     redis.call('EXPIRE', recent, retention)
   end
   senders[pnid] = true
@@ -554,11 +556,12 @@ for i = 4, #ARGV, 7 do
     -- The claim cleared detail, error and next_attempt_at; the record and its history keep
     -- the retention their last move gave them (a status webhook gives them another).
     if open then
-      add_stat(tally, 'sent:' .. pnid, 1)
-      local created_at = tonumber(redis.call('HGET', key, 'created_at') or '')
-      if created_at then add_stat(tally, latency_field(now - created_at), 1) end
       redis.call('HSET', key, 'wamid', ARGV[i + 4], 'state', 'accepted', 'updated_at', t6(now))
-      emit_message('message.sent', id, key, {wamid = ARGV[i + 4], attempt = tonumber(ARGV[i + 3])})
+      local m = emit_message('message.sent', id, key,
+                             {wamid = ARGV[i + 4], attempt = tonumber(ARGV[i + 3])})
+      add_stat(tally, 'sent:' .. pnid, 1)
+      local created_at = tonumber(m[8] or '')  -- read by the event already: no second HGET
+      if created_at then add_stat(tally, latency_field(now - created_at), 1) end
     else
       redis.call('HSET', key, 'wamid', ARGV[i + 4])
     end

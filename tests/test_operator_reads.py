@@ -23,6 +23,7 @@ from worker.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStore
 from worker.error_table import Suggestion
 from worker.limits import RateLimiter
 from worker.overview import read_overview
+from worker.stats import read_series
 
 OTHER = "106540352242999"
 CODES = (131047, 131026, 100)
@@ -126,7 +127,8 @@ async def test_a_real_worker_drops_dead_letters_past_their_retention(
     redis: Redis, redis_url: str, sandbox_server: SandboxServer, tmp_path: Path
 ) -> None:
     """A `waq worker` whose sweep runs every second drops entries older than
-    WAQ_DLQ_RETENTION_S, with their dead messages' records and the counts; younger stay."""
+    WAQ_DLQ_RETENTION_S, with their dead messages' records and the counts; younger stay;
+    and its lane sweep records the queue depth for the charts."""
     store = store_for(redis)
     old = letter("m_old", age_s=7200)
     young = letter("m_young", age_s=60, code=131026, suggestion=Suggestion.FIX_RECIPIENT)
@@ -152,6 +154,8 @@ async def test_a_real_worker_drops_dead_letters_past_their_retention(
     assert await redis.zrange(keys.dead_letter_index("code:131047"), 0, -1) == []
     logs = read_logs(tmp_path)
     assert '"event": "dlq.expired"' in logs or '"event":"dlq.expired"' in logs, logs[-2000:]
+    # The same sweep writes the queue depth the console charts, from the real process.
+    assert any(b.depth is not None for b in (await read_series(redis)).buckets)
 
 
 async def test_a_conversation_record_expires_after_its_last_message(

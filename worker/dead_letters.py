@@ -527,10 +527,6 @@ class DeadLetterStore:
         await write()
         return seen
 
-    async def expire(self, retention_s: float) -> int:
-        """Drop the entries older than ``retention_s`` with their records (the worker's sweep)."""
-        return await self.transitions.expire_dead_letters(retention_s)
-
     async def _index(self, selection: DeadLetterFilter) -> tuple[str, bool]:
         """The index to page through for a filter, and whether it is the filter exactly."""
         labels = _labels(selection)
