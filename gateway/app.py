@@ -22,7 +22,7 @@ from gateway.api import router
 from gateway.console import console_router
 from gateway.console_auth import LoginRequired
 from gateway.errors import ApiError, error_body, install_error_handlers
-from gateway.graph_door import GRAPH_DOOR_PATH, graph_door
+from gateway.graph_door import GRAPH_DOOR_PATH, graph_door_fallback, graph_door_router
 from gateway.guard import RequestGuard
 from gateway.state import GatewayConfig, GatewayState, gateway_state, key_matches
 from gateway.subscriptions_api import subscriptions_router
@@ -51,6 +51,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         max_body_bytes=config.max_body_bytes,
         graph_paths=GRAPH_DOOR_PATH,
     )
+    app.include_router(graph_door_router())  # first: it matches only its own paths
     for routes in (router, subscriptions_router, console_router):
         app.include_router(routes)
 
@@ -128,8 +129,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
             )
         return JSONResponse({"ok": True})
 
-    # Last: the door's pattern (/{version}/{id}/messages) must not shadow a waq route.
-    app.include_router(graph_door)
+    # Last: its pattern (/{version}/{id}/messages) must not shadow a waq route.
+    app.include_router(graph_door_fallback)
     return app
 
 

@@ -79,8 +79,15 @@ def install_openapi(app: FastAPI) -> None:
         )
         components.update(components["ErrorBody"].pop("$defs", {}))
         body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-        for path in schema.get("paths", {}).values():
+        # The RequestGuard checks the key of every /v1 request (no route dependency does):
+        # declared here so that clients generated from the document send it.
+        schema["components"]["securitySchemes"] = {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        }
+        for route, path in schema.get("paths", {}).items():
             for operation in path.values():
+                if route.startswith("/v1/"):
+                    operation.setdefault("security", [{"ApiKey": []}])
                 responses = operation.setdefault("responses", {})
                 if "422" in responses:
                     responses["422"] = {

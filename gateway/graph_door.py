@@ -10,26 +10,29 @@ with it. The API key goes where the access token went (``Authorization: Bearer``
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.convertors import Convertor, register_url_convertor
 
+from gateway.fast_json import json_response
 from gateway.meta_envelope import meta_error
-from gateway.state import GatewayState, gateway_state
+from gateway.state import GatewayState, state_of
 from producer.errors import IdempotencyKeyReused
 from producer.recipient import wa_id_of
 from producer.request import SendRequest
 from worker.runner import MARK_READ_FUNCTION
 
-__all__ = ["GRAPH_DOOR_PATH", "fold_meta_body", "graph_door"]
+__all__ = ["GRAPH_DOOR_PATH", "fold_meta_body", "graph_door_fallback", "graph_door_router"]
 
 GRAPH_DOOR_PATH: Final = r"^/v[0-9]+\.[0-9]+/[0-9]{1,32}/messages$"
 """The door's paths (the request guard authenticates them with a Bearer key too)."""
+_DOOR_PATH: Final = re.compile(GRAPH_DOOR_PATH)
 
 # A Graph send body's fields that are not the message itself.
 _ENVELOPE: Final = frozenset(
@@ -39,8 +42,49 @@ _ENVELOPE: Final = frozenset(
 
 _READ_TIMEOUT_S: Final = 10
 
-graph_door = APIRouter(tags=["Graph-compatible"])
-State = Annotated[GatewayState, Depends(gateway_state)]
+
+
+class _Version(Convertor[str]):
+    """``v24.0``: Starlette's ``str`` takes any segment."""
+
+    regex = r"v[0-9]+\.[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _GraphId(_Version):
+    """A Graph object id: digits."""
+
+    regex = "[0-9]{1,32}"
+
+
+def graph_door_router() -> APIRouter:
+    """The door, matching only its own paths, so that the app can try it first.
+
+    FastAPI tries routes in order; behind the ~80 others the door spent 70 µs of a 300 µs
+    request matching them (py-spy). Its segments are typed (Starlette keeps convertors in one
+    table by name, so they are registered here, when an app is built, not on import), so it
+    takes no request meant for another route; ``graph_door_fallback``, included last, gives
+    a malformed door path Meta's error rather than a 404.
+    """
+    register_url_convertor("graph_version", _Version())
+    register_url_convertor("graph_id", _GraphId())
+    door = APIRouter(tags=["Graph-compatible"])
+    door.add_api_route(
+        "/{version:graph_version}/{phone_number_id:graph_id}/messages",
+        send_as_meta,
+        methods=["POST"],
+        summary="Send a message, in Meta's own request and response shapes",
+        response_model=None,
+    )
+    return door
+
+
+graph_door_fallback = APIRouter(include_in_schema=False)
 
 
 def fold_meta_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -74,25 +118,25 @@ def _invalid(exc: ValidationError) -> JSONResponse:
     return meta_error(400, 100, "(#100) Invalid parameter", f"Param {field}: {first['msg']}")
 
 
-@graph_door.post(
-    "/{version}/{phone_number_id}/messages",
-    summary="Send a message, in Meta's own request and response shapes",
-    response_model=None,
-)
+@graph_door_fallback.post("/{version}/{phone_number_id}/messages", response_model=None)
 async def send_as_meta(
     version: str,
     phone_number_id: str,
     request: Request,
-    state: State,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> JSONResponse:
-    """Take a Cloud API send body unchanged; answer as Meta does, with waq's message id."""
-    if not re.match(GRAPH_DOOR_PATH, request.url.path):
+) -> Response:
+    """Take a Cloud API send body unchanged; answer as Meta does, with waq's message id.
+
+    The state comes from the request and the answer is encoded here, as on /v1/messages
+    (gateway.api): a resolved dependency costs this door more than its own checks.
+    """
+    state = state_of(request)
+    if not _DOOR_PATH.match(request.url.path):
         return meta_error(
             400, 100, "Unknown path components", f"/{version}/{phone_number_id}/messages"
         )
     try:
-        body = json.loads(await request.body())
+        body = orjson.loads(await request.body())
     except ValueError:
         return meta_error(400, 100, "(#100) Invalid parameter", "The request body is not JSON.")
     if not isinstance(body, dict):
@@ -114,7 +158,7 @@ async def send_as_meta(
         enqueued = await state.producer.enqueue(send)
     except IdempotencyKeyReused as exc:
         return meta_error(400, 100, "(#100) Invalid parameter", exc.detail)
-    return JSONResponse(
+    return json_response(
         {
             "messaging_product": "whatsapp",
             "contacts": [{"input": str(body.get("to")), "wa_id": wa_id_of(send.to)}],

@@ -30,7 +30,6 @@ __all__ = [
     "gateway_state",
     "key_matches",
     "require_admin_key",
-    "require_api_key",
     "state_of",
 ]
 
@@ -146,13 +145,6 @@ async def gateway_state(request: Request) -> GatewayState:
 def key_matches(given: str | None, keys_: tuple[str, ...]) -> bool:
     """Whether ``given`` is one of ``keys_``, compared in constant time (no prefix leaks)."""
     return given is not None and any(hmac.compare_digest(given.encode(), k.encode()) for k in keys_)
-
-
-async def require_api_key(request: Request, x_api_key: str | None = Header(default=None)) -> None:
-    """Refuse a request without a configured API key (admin keys are accepted too)."""
-    config = state_of(request).config
-    if not key_matches(x_api_key, config.api_keys + config.admin_keys):
-        raise Unauthorized("missing or unknown X-API-Key", code="unauthorized", field="X-API-Key")
 
 
 async def require_admin_key(request: Request, x_api_key: str | None = Header(default=None)) -> None:

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import keys
+from producer.coalesce import Coalescer
 from producer.conversation_ids import ConversationIds, conversation_id_for
 from producer.errors import FieldError, IdempotencyKeyReused, InvalidRequest, OptedOut
 from producer.messages import TemplateMessage
@@ -123,6 +124,7 @@ class Producer:
         self.statuses = StatusStore(redis, retention_s=retention_s)
         self.transitions = Transitions(redis, retention_s=retention_s, queue_name=queue_name)
         self.templates = TemplateCatalog(redis)
+        self._coalesced = Coalescer(self._write)
         self._owns_redis = owns_redis
 
     @classmethod
@@ -133,10 +135,16 @@ class Producer:
     async def enqueue(self, request: SendRequest | Mapping[str, Any]) -> Enqueued:
         """Validate and enqueue one message; a repeated idempotency key enqueues nothing.
 
+        Concurrent calls share a round trip to Redis (``producer.coalesce``): a service
+        enqueueing from many tasks at once pays for one script call per turn of its loop.
         Raises ``InvalidRequest``, or ``IdempotencyKeyReused`` when the key was used for a
         different request.
         """
-        [result] = await self.enqueue_many([request])
+        [valid] = _validate_all([request])
+        if isinstance(valid.message, TemplateMessage):
+            await self.check_templates([valid])
+            await self.check_opt_outs([valid])
+        result = await self._coalesced.submit(valid)
         if result.key_reused:
             key = (
                 request.idempotency_key
@@ -168,6 +176,10 @@ class Producer:
             await self.check_templates(valid)
         if check_opt_outs:
             await self.check_opt_outs(valid)
+        return await self._write(valid)
+
+    async def _write(self, valid: list[SendRequest]) -> list[Enqueued]:
+        """Record and queue validated, checked requests: one script call for the list."""
         ids = []
         initial: list[str] = []  # each new record's first state: queued, or scheduled
         items = []

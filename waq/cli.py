@@ -28,6 +28,7 @@ from waq.cancel import cancel
 from waq.demo import run_demo
 from waq.dlq import dlq
 from waq.embedded import redis_for
+from waq.heap import freeze_startup_heap
 from waq.loadtest import LoadTestRefused
 from waq.loadtest_report import render_html
 from waq.loadtest_run import LoadRun, Via
@@ -166,6 +167,7 @@ def worker(
     settings = Settings()
     _configure(settings)
     port = metrics_port or settings.worker_metrics_port
+    freeze_startup_heap()
     run_worker(_worker_config(settings, str(settings.redis_url), metrics_port=port))
 
 
@@ -187,8 +189,10 @@ def gateway(
     """Serve the HTTP gateway: send API, Meta's webhooks, status, health check."""
     settings = Settings()
     _configure(settings)
+    app = create_app(gateway_config(settings))
+    freeze_startup_heap()
     uvicorn.run(
-        create_app(gateway_config(settings)),
+        app,
         host=host,
         port=port,
         access_log=False,
@@ -277,6 +281,7 @@ def dev(
                 f"try: curl -s -X POST {gateway_url}/v1/sandbox/inbound -H 'X-API-Key: dev-key' "
                 "-H 'Content-Type: application/json' -d '{\"from\": \"+16505551234\"}'"
             )
+            freeze_startup_heap()
             run_worker(_worker_config(settings, redis_url), redis_alive=redis.alive)
 
 
