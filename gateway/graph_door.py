@@ -43,7 +43,6 @@ _ENVELOPE: Final = frozenset(
 _READ_TIMEOUT_S: Final = 10
 
 
-
 class _Version(Convertor[str]):
     """``v24.0``: Starlette's ``str`` takes any segment."""
 

@@ -307,9 +307,10 @@ def test_the_door_matches_no_other_routes_path() -> None:
 
     app = create_app(GatewayConfig(redis_url="redis://127.0.0.1:1/0", api_keys=("k",)))
     [door] = [r for r in graph_door_router().routes if isinstance(r, Route)]
+    every = (app.routes, router.routes, subscriptions_router.routes, console_router.routes)
     others = [
         r.path
-        for routes in (app.routes, router.routes, subscriptions_router.routes, console_router.routes)
+        for routes in every
         for r in routes
         if isinstance(r, Route) and r.path != "/{version}/{phone_number_id}/messages"
     ]
