@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from producer.client import json_serializer
 from sandbox import DEFAULT_PHONE_NUMBER_ID
+from waq.heap import freeze_startup_heap
 from waq.settings import Settings
 from worker.delivery import DeliveryConfig
 from worker.graph import DEFAULT_GRAPH_API_VERSION
@@ -135,6 +136,8 @@ def main() -> None:
             return waq_worker(args.redis_url, args.sandbox_url, args.transport, clock)
         return plain_arq(args.kind, args.redis_url, args.sandbox_url, clock)
 
+    if args.kind == "waq":
+        freeze_startup_heap()  # as `waq worker` does
     asyncio.run(_run(build))
     ended, cpu_end = time.time(), cpu_s()
     print(

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import orjson
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.convertors import Convertor, register_url_convertor
@@ -23,12 +23,19 @@ from starlette.convertors import Convertor, register_url_convertor
 from gateway.fast_json import json_response
 from gateway.meta_envelope import meta_error
 from gateway.state import GatewayState, state_of
+from producer import limits
 from producer.errors import IdempotencyKeyReused
 from producer.recipient import wa_id_of
 from producer.request import SendRequest
 from worker.runner import MARK_READ_FUNCTION
 
-__all__ = ["GRAPH_DOOR_PATH", "fold_meta_body", "graph_door_fallback", "graph_door_router"]
+__all__ = [
+    "GRAPH_DOOR_PATH",
+    "IDEMPOTENCY_KEY_HEADER",
+    "fold_meta_body",
+    "graph_door_fallback",
+    "graph_door_router",
+]
 
 GRAPH_DOOR_PATH: Final = r"^/v[0-9]+\.[0-9]+/[0-9]{1,32}/messages$"
 """The door's paths (the request guard authenticates them with a Bearer key too)."""
@@ -41,6 +48,22 @@ _ENVELOPE: Final = frozenset(
 )  # fmt: skip
 
 _READ_TIMEOUT_S: Final = 10
+
+IDEMPOTENCY_KEY_HEADER: Final[dict[str, Any]] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": limits.IDEMPOTENCY_KEY_MAX_CHARS},
+    "description": "Repeat-safe key; wins over the body's.",
+}
+"""The header, declared in the OpenAPI document of a send door that reads it itself."""
+_PARAMETERS: Final = [
+    {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
+     "description": "The Graph API version, such as v24.0."},
+    {"name": "phone_number_id", "in": "path", "required": True, "schema": {"type": "string"},
+     "description": "The sending number's Graph id."},
+    IDEMPOTENCY_KEY_HEADER,
+]  # fmt: skip
 
 
 class _Version(Convertor[str]):
@@ -79,6 +102,7 @@ def graph_door_router() -> APIRouter:
         methods=["POST"],
         summary="Send a message, in Meta's own request and response shapes",
         response_model=None,
+        openapi_extra={"parameters": _PARAMETERS},
     )
     return door
 
@@ -118,22 +142,19 @@ def _invalid(exc: ValidationError) -> JSONResponse:
 
 
 @graph_door_fallback.post("/{version}/{phone_number_id}/messages", response_model=None)
-async def send_as_meta(
-    version: str,
-    phone_number_id: str,
-    request: Request,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> Response:
+async def send_as_meta(request: Request) -> Response:
     """Take a Cloud API send body unchanged; answer as Meta does, with waq's message id.
 
-    The state comes from the request and the answer is encoded here, as on /v1/messages
-    (gateway.api): a resolved dependency costs this door more than its own checks.
+    The path's parts, the header and the state come from the request and the answer is
+    encoded here, as on /v1/messages (gateway.api): each parameter FastAPI resolves cost
+    this door more than its own checks.
     """
     state = state_of(request)
-    if not _DOOR_PATH.match(request.url.path):
-        return meta_error(
-            400, 100, "Unknown path components", f"/{version}/{phone_number_id}/messages"
-        )
+    path: str = request.scope["path"]
+    if not _DOOR_PATH.match(path):
+        return meta_error(400, 100, "Unknown path components", path)
+    phone_number_id: str = request.path_params["phone_number_id"]
+    idempotency_key = request.headers.get("idempotency-key")
     try:
         body = orjson.loads(await request.body())
     except ValueError:

@@ -59,7 +59,7 @@ class Coalescer(Generic[T, R]):
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            answers = await self._call([item for item, _ in batch])
+            answers = _same_length(await self._call([item for item, _ in batch]), len(batch))
         except asyncio.CancelledError:  # the loop is closing
             for _, answer in batch:
                 answer.cancel()
@@ -69,6 +69,13 @@ class Coalescer(Generic[T, R]):
                 if not answer.done():
                     answer.set_exception(exc)
             return
-        for (_, answer), result in zip(batch, answers, strict=True):
+        for (_, answer), result in zip(batch, answers, strict=True):  # lengths checked
             if not answer.done():
                 answer.set_result(result)
+
+
+def _same_length(answers: Sequence[R], calls: int) -> Sequence[R]:
+    """``answers``, checked: a short list would leave a caller waiting for good."""
+    if len(answers) != calls:
+        raise RuntimeError(f"{len(answers)} answers to {calls} calls")
+    return answers
