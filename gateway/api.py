@@ -24,6 +24,7 @@ from gateway.fast_json import FastJsonRoute, json_response
 from gateway.graph_door import IDEMPOTENCY_KEY_HEADER, fold_meta_body
 from gateway.health import HealthReport, run_health_check
 from gateway.kapso import is_kapso_message, kapso_to_meta
+from gateway.plain_route import PlainRoute, read_json_body, request_body
 from gateway.state import GatewayState, gateway_state, state_of
 from gateway.status_out import MessageStatusOut
 from producer import limits
@@ -210,24 +211,30 @@ async def _enqueue(state: GatewayState, request: SendRequest) -> Response:
     )
 
 
-# The send doors take the state and the Idempotency-Key header from the request and answer
-# with a ready Response: each parameter FastAPI resolves, and its validation of a returned
-# model, cost the hottest route 10 to 33 µs a request (bench.http_doors, the gateway's CPU
-# per request); ``response_model`` and ``openapi_extra`` still document them.
-@router.post(
-    "/messages",
-    status_code=202,
-    summary="Send one message",
-    response_model=Accepted,
-    openapi_extra={"parameters": [IDEMPOTENCY_KEY_HEADER]},
-)
-async def send_message(body: SendMessageIn, http: Request) -> Response:
+# The send doors are plain routes: they read the body, the Idempotency-Key header and the
+# state from the request and answer with a ready Response. FastAPI's resolution of each
+# parameter, and its validation of a returned model, cost the hottest route more than its
+# own work (bench.http_doors, the gateway's CPU per request); the decorator documents them.
+async def send_message(http: Request) -> Response:
     """Validate and queue one message; answers at once with its id and status URL."""
     state = state_of(http)
+    body = await read_json_body(http, SendMessageIn)
     data = {name: value for name, value in body if value is not None}
     data["phone_number_id"] = _sender(state, body.phone_number_id)
     data["idempotency_key"] = http.headers.get("idempotency-key") or body.idempotency_key
     return await _enqueue(state, _request(data))
+
+
+router.add_api_route(
+    "/messages",
+    send_message,
+    methods=["POST"],
+    status_code=202,
+    summary="Send one message",
+    response_model=Accepted,
+    route_class_override=PlainRoute,
+    openapi_extra={**request_body(SendMessageIn), "parameters": [IDEMPOTENCY_KEY_HEADER]},
+)
 
 
 def _item_error(exc: InvalidRequest) -> dict[str, Any]:

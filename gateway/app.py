@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from gateway.api import router
+from gateway.api import SendMessageIn, router
 from gateway.console import console_router
 from gateway.console_auth import LoginRequired
-from gateway.errors import ApiError, error_body, install_error_handlers
+from gateway.errors import ApiError, error_body, install_error_handlers, install_openapi
 from gateway.graph_door import GRAPH_DOOR_PATH, graph_door_fallback, graph_door_router
 from gateway.guard import RequestGuard
 from gateway.state import GatewayConfig, GatewayState, gateway_state, key_matches
@@ -45,6 +45,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         lifespan=_lifespan(config),
     )
     install_error_handlers(app)
+    install_openapi(app, bodies=[SendMessageIn])  # the plain routes' bodies (gateway.api)
     app.add_middleware(
         RequestGuard,
         key_matches=lambda given: key_matches(given, config.api_keys + config.admin_keys),

@@ -10,6 +10,7 @@ WaqError (producer.errors)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -24,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.guard import BodyTooLarge
+from gateway.plain_route import declare_schemas
 from producer.errors import FieldError, InvalidRequest, WaqError
 
 log = structlog.get_logger("waq.gateway")
@@ -57,8 +59,10 @@ class ErrorBody(BaseModel):
     errors: list[FieldErrorOut] | None = None
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, *, bodies: Iterable[type[BaseModel]] = ()) -> None:
     """Declare waq's error body for every 4xx (and 503) in the OpenAPI document.
+
+    ``bodies``: the request bodies of ``PlainRoute`` doors, which FastAPI does not see.
 
     FastAPI declares its own ``HTTPValidationError`` there, a shape the gateway never
     answers with (its handlers render every error as ``ErrorBody``); clients generated from
@@ -71,6 +75,7 @@ def install_openapi(app: FastAPI) -> None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
+        declare_schemas(schema, bodies)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
@@ -89,7 +94,7 @@ def install_openapi(app: FastAPI) -> None:
                 if route.startswith("/v1/"):
                     operation.setdefault("security", [{"ApiKey": []}])
                 responses = operation.setdefault("responses", {})
-                if "422" in responses:
+                if "422" in responses or "requestBody" in operation:
                     responses["422"] = {
                         "description": "A field broke a rule: the error names it",
                         "content": body,
@@ -191,7 +196,10 @@ def invalid_request_response(exc: InvalidRequest) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error, including FastAPI's and Starlette's own, in waq's shape."""
+    """Render every error, including FastAPI's and Starlette's own, in waq's shape.
+
+    ``install_openapi`` declares that shape in the OpenAPI document.
+    """
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -256,4 +264,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidRequest, invalid)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    install_openapi(app)  # the document declares the shape these handlers answer with

@@ -22,6 +22,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from gateway.fast_json import json_response
 from gateway.meta_envelope import meta_error
+from gateway.plain_route import PlainRoute
 from gateway.state import GatewayState, state_of
 from producer import limits
 from producer.errors import IdempotencyKeyReused
@@ -103,6 +104,7 @@ def graph_door_router() -> APIRouter:
         summary="Send a message, in Meta's own request and response shapes",
         response_model=None,
         openapi_extra={"parameters": _PARAMETERS},
+        route_class_override=PlainRoute,  # it reads its own parameters and body
     )
     return door
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from redis.asyncio import Redis
@@ -76,6 +76,8 @@ class Cluster:
         self, *, workers: int = 3, graph_timeout_s: float = 5, reconcile_wait_s: float = 20
     ) -> None:
         self.data_dir = tempfile.mkdtemp(prefix="waq-faults-")
+        self._logs: list[IO[bytes]] = []
+        self._log_paths: dict[int, str] = {}
         self.redis_port = free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.sandbox_port, self.gateway_port = free_port(), free_port()
@@ -120,12 +122,21 @@ class Cluster:
         self.valkey.terminate()
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "waq", *args],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        """A ``waq`` process whose output goes to a log file (``log_of`` reads it back)."""
+        log = open(  # noqa: SIM115 - the child writes it; closed when the cluster stops
+            os.path.join(self.data_dir, f"{args[0]}-{len(self._logs)}.log"), "wb"
         )
+        self._logs.append(log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "waq", *args], env=self.env, stdout=log, stderr=log
+        )
+        self._log_paths[process.pid] = log.name
+        return process
+
+    def log_of(self, process: subprocess.Popen[bytes], last: int = 40) -> str:
+        """The last lines a process wrote: the evidence when one died."""
+        with open(self._log_paths[process.pid], errors="replace") as log:
+            return "".join(log.readlines()[-last:])
 
     def start(self) -> None:
         """Everything, in dependency order."""
@@ -159,6 +170,8 @@ class Cluster:
                 process.wait(timeout=10)
         if self.valkey is not None:
             self.valkey.terminate()
+        for log in self._logs:
+            log.close()
 
     # -- the run --------------------------------------------------------------------------
 

@@ -146,7 +146,8 @@ async def test_redis_sigkilled_and_restarted(cluster: Cluster) -> None:
     alive = sum(w.poll() is None for w in cluster.workers)
     report.notes["workers alive after"] = alive
     record(report)
-    assert alive == 3
+    dead = [cluster.log_of(w) for w in cluster.workers if w.poll() is not None]
+    assert alive == 3, dead
     # The gateway's pool reconnected: a customer writing in now opens a window through it.
     [late] = await cluster.customers_write_in_from(["+16505569999"])
     redis = Redis.from_url(cluster.redis_url)
