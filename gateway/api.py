@@ -42,7 +42,7 @@ from producer.opt_outs import OptOuts
 from producer.recipient import normalize_recipient, wa_id_of
 from producer.request import MetadataKey, MetadataValue, SendRequest
 
-__all__ = ["router"]
+__all__ = ["SendMessageIn", "add_send_door", "router"]
 
 # No key dependency: the RequestGuard has refused a /v1 request without a key before FastAPI
 # reads it, and a second check cost 28 µs of a 350 µs request (bench.http_doors). The
@@ -225,16 +225,21 @@ async def send_message(http: Request) -> Response:
     return await _enqueue(state, _request(data))
 
 
-router.add_api_route(
-    "/messages",
-    send_message,
-    methods=["POST"],
-    status_code=202,
-    summary="Send one message",
-    response_model=Accepted,
-    route_class_override=PlainRoute,
-    openapi_extra={**request_body(SendMessageIn), "parameters": [IDEMPOTENCY_KEY_HEADER]},
-)
+def add_send_door(routes: APIRouter) -> None:
+    """``POST /v1/messages`` as a route of ``routes``: the app's own, ahead of its routers.
+
+    Matching a route inside an included router cost 10 to 20 µs a request (py-spy).
+    """
+    routes.add_api_route(
+        "/v1/messages",
+        send_message,
+        methods=["POST"],
+        status_code=202,
+        summary="Send one message",
+        response_model=Accepted,
+        route_class_override=PlainRoute,
+        openapi_extra={**request_body(SendMessageIn), "parameters": [IDEMPOTENCY_KEY_HEADER]},
+    )
 
 
 def _item_error(exc: InvalidRequest) -> dict[str, Any]:

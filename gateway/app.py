@@ -18,11 +18,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from gateway.api import SendMessageIn, router
+from gateway.api import SendMessageIn, add_send_door, router
 from gateway.console import console_router
 from gateway.console_auth import LoginRequired
 from gateway.errors import ApiError, error_body, install_error_handlers, install_openapi
-from gateway.graph_door import GRAPH_DOOR_PATH, graph_door_fallback, graph_door_router
+from gateway.graph_door import GRAPH_DOOR_PATH, add_graph_door, graph_door_fallback
 from gateway.guard import RequestGuard
 from gateway.state import GatewayConfig, GatewayState, gateway_state, key_matches
 from gateway.subscriptions_api import subscriptions_router
@@ -52,7 +52,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
         max_body_bytes=config.max_body_bytes,
         graph_paths=GRAPH_DOOR_PATH,
     )
-    app.include_router(graph_door_router())  # first: it matches only its own paths
+    # The send doors first, as the app's own routes: FastAPI tries routes in order, and a
+    # route inside an included router costs more to reach (gateway.plain_route).
+    add_graph_door(app.router)  # it matches only its own paths
+    add_send_door(app.router)
     for routes in (router, subscriptions_router, console_router):
         app.include_router(routes)
 
