@@ -131,3 +131,25 @@ async def test_a_call_answering_the_wrong_number_fails_its_callers() -> None:
         asyncio.gather(*(coalescer.submit(n) for n in range(3)), return_exceptions=True), 5
     )
     assert all(isinstance(r, RuntimeError) for r in results), results
+
+
+async def test_calls_made_while_one_is_out_go_together_in_the_next() -> None:
+    """Group commit: one call out at a time; what arrives meanwhile waits and goes as one."""
+    started: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def slow(items: list[int]) -> list[int]:
+        started.append(list(items))
+        if len(started) == 1:
+            await release.wait()
+        return items
+
+    coalescer: Coalescer[int, int] = Coalescer(slow)
+    first = [asyncio.create_task(coalescer.submit(n)) for n in range(2)]
+    await asyncio.sleep(0.01)  # the first list is out
+    later = [asyncio.create_task(coalescer.submit(n)) for n in range(2, 6)]
+    await asyncio.sleep(0.01)
+    assert started == [[0, 1]]  # nothing else goes out while it is
+    release.set()
+    assert await asyncio.gather(*first, *later) == list(range(6))
+    assert started == [[0, 1], [2, 3, 4, 5]]
