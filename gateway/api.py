@@ -214,7 +214,8 @@ async def _enqueue(state: GatewayState, request: SendRequest) -> Response:
 # The send doors are plain routes: they read the body, the Idempotency-Key header and the
 # state from the request and answer with a ready Response. FastAPI's resolution of each
 # parameter, and its validation of a returned model, cost the hottest route more than its
-# own work (bench.http_doors, the gateway's CPU per request); the decorator documents them.
+# own work (bench.http_doors, the gateway's CPU per request); ``add_send_door`` declares
+# them for the OpenAPI document.
 async def send_message(http: Request) -> Response:
     """Validate and queue one message; answers at once with its id and status URL."""
     state = state_of(http)

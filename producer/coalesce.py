@@ -44,13 +44,20 @@ class Coalescer(Generic[T, R]):
         self._call = call
         self._max_items = max_items
         self._max_in_flight = max_in_flight
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     async def submit(self, item: T) -> R:
         """Add ``item`` to the next batch; its answer."""
-        answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A new event loop (a program calling asyncio.run again): what a closed loop left
+            # waiting or in flight can never finish, and must not hold up this one's calls.
+            self._loop, self._waiting, self._scheduled = loop, [], False
+            self._in_flight = set()
+        answer: asyncio.Future[R] = loop.create_future()
         self._waiting.append((item, answer))
         self._schedule()
         return await answer

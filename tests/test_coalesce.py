@@ -153,3 +153,20 @@ async def test_calls_made_while_one_is_out_go_together_in_the_next() -> None:
     release.set()
     assert await asyncio.gather(*first, *later) == list(range(6))
     assert started == [[0, 1], [2, 3, 4, 5]]
+
+
+def test_a_coalescer_outlives_its_event_loop() -> None:
+    """A call whose loop closed before its batch left does not block the next loop's."""
+
+    async def echo(items: list[int]) -> list[int]:
+        return items
+
+    coalescer: Coalescer[int, int] = Coalescer(echo)
+
+    async def abandon() -> None:
+        asyncio.get_running_loop().create_task(coalescer.submit(1))  # never awaited
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(abandon())  # the submit ran; its flush never did
+    loop.close()
+    assert asyncio.run(asyncio.wait_for(coalescer.submit(2), 2)) == 2
