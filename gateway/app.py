@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from gateway.api import SendMessageIn, add_send_door, router
+from gateway.api import BatchIn, SendMessageIn, add_send_doors, router
 from gateway.console import console_router
 from gateway.console_auth import LoginRequired
 from gateway.errors import ApiError, error_body, install_error_handlers, install_openapi
@@ -45,7 +45,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         lifespan=_lifespan(config),
     )
     install_error_handlers(app)
-    install_openapi(app, bodies=[SendMessageIn])  # the plain routes' bodies (gateway.api)
+    install_openapi(app, bodies=[SendMessageIn, BatchIn])  # the plain routes' bodies (gateway.api)
     app.add_middleware(
         RequestGuard,
         key_matches=lambda given: key_matches(given, config.api_keys + config.admin_keys),
@@ -55,7 +55,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     # The send doors first, as the app's own routes: FastAPI tries routes in order, and a
     # route inside an included router costs more to reach (gateway.plain_route).
     add_graph_door(app.router)  # it matches only its own paths
-    add_send_door(app.router)
+    add_send_doors(app.router)
     for routes in (router, subscriptions_router, console_router):
         app.include_router(routes)
 

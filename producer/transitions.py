@@ -228,11 +228,13 @@ class Transitions:
 
         Also adds each sender to ``keys.SENDERS``.
         """
-        args: list[str | int | bytes] = [self.retention_s]
-        for item in items:
-            args += [item.message_id, item.phone_number_id, item.wa_id, item.fingerprint,
-                     item.event, orjson.dumps(item.fields)]  # fmt: skip
-        answers: list[list[Any]] = await self._enqueue_many(keys=[keys.SENDERS], args=args)
+        batch = orjson.dumps(
+            [[item.message_id, item.phone_number_id, item.wa_id, item.fingerprint, item.event,
+              item.fields] for item in items]
+        )  # fmt: skip
+        answers: list[list[Any]] = await self._enqueue_many(
+            keys=[keys.SENDERS], args=[self.retention_s, batch]
+        )
         return answers
 
     @staticmethod
