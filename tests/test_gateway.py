@@ -743,3 +743,30 @@ async def test_conversation_ids_are_keyed_per_deployment(redis: Redis) -> None:
     assert await configured.id_for(PNID, "16505551234") not in (first, plain)
     await redis.flushall()  # another deployment
     assert await ConversationStore(redis, windows).id_for(PNID, "16505551234") != first
+
+
+async def test_concurrent_single_sends_share_script_calls(
+    api: httpx.AsyncClient, redis: Redis
+) -> None:
+    """50 single sends at once through the real door: fewer script calls than messages
+    (producer/coalesce.py), and each answer names its own message."""
+
+    async def calls() -> int:
+        stats = await redis.info("commandstats")
+        scripts = ("cmdstat_evalsha", "cmdstat_eval")
+        return sum(int(v["calls"]) for k, v in stats.items() if k in scripts)
+
+    await api.post("/v1/messages", json={"to": CUSTOMER, "message": TEXT})  # script loaded
+    before = await calls()
+    answers = await asyncio.gather(*(
+        api.post("/v1/messages", json={"to": f"+1650555{n:04d}", "message": TEXT})
+        for n in range(50)
+    ))  # fmt: skip
+    used = await calls() - before
+    assert [a.status_code for a in answers] == [202] * 50
+    ids = [a.json()["id"] for a in answers]
+    assert len(set(ids)) == 50
+    for n, message_id in enumerate(ids):
+        status = (await api.get(f"/v1/messages/{message_id}")).json()
+        assert status["to"] == f"+1650555{n:04d}", status
+    assert used < 50, used

@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import gc
 
+import structlog
+
 __all__ = ["freeze_startup_heap"]
+
+log = structlog.get_logger("waq.process")
 
 
 def freeze_startup_heap() -> None:
     """Collect what start-up left behind, then freeze the rest out of later collections."""
     gc.collect()
     gc.freeze()
+    log.info("process.heap_frozen", objects=gc.get_freeze_count())
